@@ -1,0 +1,104 @@
+"""Building blocks that reproduce PyTorch's layer semantics in Flax NNX.
+
+Every model in this package names its submodules after the PyTorch
+attribute names of RepDistiller's models (``conv1``, ``bn1``,
+``layer1[0].downsample[1]``...), so that the state_dict of a PyTorch
+checkpoint maps onto the NNX state by path alone (see ``interop``).
+Layout is NHWC; PyTorch's ``padding=p`` is written as explicit symmetric
+padding, because ``'SAME'`` pads (0, 1) for stride-2 convs on even sizes.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu').
+kaiming_normal_fan_out = nnx.initializers.variance_scaling(
+  2.0, 'fan_out', 'normal'
+)
+# torch.nn.init.kaiming_normal_(mode='fan_in') / normal(0, sqrt(2/n)) with
+# n = k*k*out_channels is fan_out again; keep both names explicit.
+kaiming_normal_fan_in = nnx.initializers.variance_scaling(
+  2.0, 'fan_in', 'normal'
+)
+# PyTorch's default for Conv2d/Linear weights: kaiming_uniform(a=sqrt(5)),
+# i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_kernel = nnx.initializers.variance_scaling(
+  1.0 / 3.0, 'fan_in', 'uniform'
+)
+
+
+def _torch_default_bias(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv(
+  in_channels: int,
+  out_channels: int,
+  kernel_size: int,
+  *,
+  stride: int = 1,
+  padding: int = 0,
+  groups: int = 1,
+  bias: bool = False,
+  kernel_init=kaiming_normal_fan_out,
+  rngs: nnx.Rngs,
+) -> nnx.Conv:
+  """A Conv2d with PyTorch's arguments: explicit symmetric padding."""
+  fan_in = in_channels // groups * kernel_size * kernel_size
+  return nnx.Conv(
+    in_channels,
+    out_channels,
+    (kernel_size, kernel_size),
+    strides=(stride, stride),
+    padding=((padding, padding), (padding, padding)),
+    feature_group_count=groups,
+    use_bias=bias,
+    kernel_init=kernel_init,
+    bias_init=_torch_default_bias(fan_in),
+    rngs=rngs,
+  )
+
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """BatchNorm2d/1d with PyTorch's defaults (momentum 0.1 == Flax 0.9)."""
+  return nnx.BatchNorm(
+    num_features, momentum=0.9, epsilon=1e-5, rngs=rngs
+  )
+
+
+def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs):
+  """nn.Linear with PyTorch's default initialisation."""
+  return nnx.Linear(
+    in_features,
+    out_features,
+    kernel_init=torch_default_kernel,
+    bias_init=_torch_default_bias(in_features),
+    rngs=rngs,
+  )
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """Mean over H and W (NHWC -> NC); equals AvgPool2d(H) on square maps."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
+  """nn.MaxPool2d(window, stride, padding) on NHWC."""
+  pad = ((padding, padding), (padding, padding))
+  return nnx.max_pool(x, (window, window), (stride, stride), pad)
+
+
+def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
+  """nn.AvgPool2d(window, stride, padding), count_include_pad=True."""
+  pad = ((padding, padding), (padding, padding))
+  return nnx.avg_pool(
+    x, (window, window), (stride, stride), pad, count_include_pad=True
+  )
