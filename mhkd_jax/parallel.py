@@ -1,0 +1,59 @@
+"""Device mesh and shardings: data parallelism through ``jax.jit``.
+
+State is replicated (``P()``) and each batch is split over the ``'data'``
+axis; XLA inserts the gradient all-reduce. BatchNorm therefore normalises
+with global-batch statistics (SyncBN), where PyTorch DDP's default is
+per-GPU statistics.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def create_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D ('data',) mesh over all (or the first ``num_devices``) devices."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if num_devices > len(devices):
+      raise ValueError(
+        f'Asked for {num_devices} devices; only {len(devices)} are present.'
+      )
+    devices = devices[:num_devices]
+  # Auto axes: shardings are propagated by XLA, not carried in types.
+  return jax.make_mesh(
+    (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+    devices=devices,
+  )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+  """Puts a host pytree (identical on every process) on all devices."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if isinstance(x, jax.Array):
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(put, tree)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+  n = mesh.shape[DATA_AXIS]
+  if batch_size % n:
+    raise ValueError(
+      f'config.batch_size={batch_size} must be divisible by the {n} devices '
+      f'of the data mesh; use a multiple of {n}.'
+    )

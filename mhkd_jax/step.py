@@ -1,0 +1,184 @@
+"""The pure train and eval steps that get jitted.
+
+One compiled program per step: gather the batch from the device-resident
+split, augment it, run the frozen teacher (and its frozen heads) once in
+eval mode, then the student, its heads and every loss term under one
+``value_and_grad``, and the SGD update. The graph is split once: the jitted
+functions take ``nnx.State`` pytrees and merge inside, so no per-step
+Python graph walk is paid. The teacher's state is an argument (a
+closed-over array would become a compile-time constant) and never enters
+the optimizer.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from mhkd_jax import features, losses, parallel
+from mhkd_jax.data import augment
+from mhkd_jax.distill.base import TeacherOutputs
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  """How raw uint8 batches become model inputs."""
+
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  crop_padding: int
+  random_flip: bool
+
+
+def split_trainable(trainable: nnx.Module):
+  """(graphdef, params, rest): only params are differentiated/optimised."""
+  return nnx.split(trainable, nnx.Param, ...)
+
+
+def teacher_forward(teacher, x) -> TeacherOutputs:
+  """The frozen teacher in eval mode; every output stop-gradiented."""
+  logits, feats = features.forward_with_features(
+    teacher.model, x, train=False
+  )
+  head_logits = None
+  if teacher.heads is not None:
+    head_logits = teacher.heads(feats, train=False)
+  return jax.lax.stop_gradient(TeacherOutputs(logits, feats, head_logits))
+
+
+def create_train_step(
+  *,
+  graphdef: nnx.GraphDef,
+  teacher_graphdef: nnx.GraphDef | None,
+  method: ModuleType,
+  config,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  input_spec: InputSpec,
+) -> Callable:
+  """Returns the jitted ``train_step``.
+
+  ``train_step(params, rest, opt_state, teacher_state, images, labels,
+  perm, position, rng) -> (params, rest, opt_state, metrics)`` where
+  ``images``/``labels`` are the whole resident training split, ``perm``
+  the epoch's permutation and ``position`` the batch index in the epoch.
+  Params, rest and optimizer state are donated.
+  """
+  batch_size = config.batch_size
+  batch_sharding = parallel.data_sharded(mesh)
+
+  def train_step(
+    params, rest, opt_state, teacher_state, images, labels, perm, position,
+    rng,
+  ):
+    idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
+    # The batch is split over the 'data' axis; state stays replicated.
+    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+    batch_images = augment.random_crop_flip(
+      rng, images[idx], padding=input_spec.crop_padding,
+      flip=input_spec.random_flip,
+    )
+    x = augment.normalize(batch_images, input_spec.mean, input_spec.std)
+    y = labels[idx]
+    teacher_out = None
+    if teacher_graphdef is not None:
+      teacher = nnx.merge(teacher_graphdef, teacher_state)
+      teacher_out = teacher_forward(teacher, x)
+
+    def loss_fn(params, rest):
+      # copy=True makes fresh Variables in this (differentiated) trace:
+      # BatchNorm may only mutate its statistics from the trace that made
+      # them.
+      trainable = nnx.merge(graphdef, params, rest, copy=True)
+      total, terms, logits = method.compute_loss(
+        trainable, teacher_out, x, y, config
+      )
+      _, _, new_rest = split_trainable(trainable)
+      return total, (terms, logits, new_rest)
+
+    (total, (terms, logits, new_rest)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True
+    )(params, rest)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {'loss': total, **terms}
+    if logits is not None:
+      metrics['acc'] = losses.accuracy(logits, y)
+    return params, new_rest, opt_state, metrics
+
+  return jax.jit(train_step, donate_argnums=(0, 1, 2))
+
+
+def create_eval_step(
+  *,
+  graphdef: nnx.GraphDef,
+  teacher_graphdef: nnx.GraphDef | None,
+  config,
+  mesh: Mesh,
+  input_spec: InputSpec,
+  head_pairs: tuple[tuple[str, str], ...],
+) -> Callable:
+  """Returns the jitted ``eval_step``: sums of correct predictions.
+
+  ``eval_step(params, rest, teacher_state, images, labels, mask, index)``
+  evaluates batch ``index`` of the padded, resident test split and returns
+  sums (divide by ``count``) for the student, each student head, the
+  teacher, each teacher head, and the teacher-student top-1 agreement of
+  the final logits and of each head pair.
+  """
+  batch_size = config.eval_batch_size
+  batch_sharding = parallel.data_sharded(mesh)
+
+  def eval_step(params, rest, teacher_state, images, labels, mask, index):
+    start = index * batch_size
+    take = lambda a: jax.lax.with_sharding_constraint(
+      jax.lax.dynamic_slice_in_dim(a, start, batch_size), batch_sharding
+    )
+    x = augment.normalize(take(images), input_spec.mean, input_spec.std)
+    y, m = take(labels), take(mask).astype(jnp.float32)
+    trainable = nnx.merge(graphdef, params, rest)
+    outputs = {}
+    feats = None
+    if trainable.model is not None:
+      outputs['acc'], feats = features.forward_with_features(
+        trainable.model, x, train=False
+      )
+      if trainable.heads is not None:
+        for stage, logits in trainable.heads(feats, train=False).items():
+          outputs[f'acc/{stage}'] = logits
+    if teacher_graphdef is not None:
+      teacher = nnx.merge(teacher_graphdef, teacher_state)
+      t_out = teacher_forward(teacher, x)
+      outputs['teacher_acc'] = t_out.logits
+      t_heads = t_out.head_logits
+      if trainable.teacher_heads is not None:
+        t_heads = trainable.teacher_heads(t_out.feats, train=False)
+      for stage, logits in (t_heads or {}).items():
+        outputs[f'teacher_acc/{stage}'] = logits
+    sums = {
+      name: jnp.sum((jnp.argmax(logits, -1) == y) * m)
+      for name, logits in outputs.items()
+    }
+    if 'acc' in outputs:
+      log_probs = jax.nn.log_softmax(outputs['acc'].astype(jnp.float32))
+      nll = -jnp.take_along_axis(log_probs, y[:, None], -1)[:, 0]
+      sums['loss'] = jnp.sum(nll * m)
+    pairs = [('acc', 'teacher_acc', 'agree_top1')] + [
+      (f'acc/{s}', f'teacher_acc/{t}', f'agree_top1/{s}')
+      for s, t in head_pairs
+    ]
+    for s_name, t_name, key in pairs:
+      if s_name in outputs and t_name in outputs:
+        same = jnp.argmax(outputs[s_name], -1) == jnp.argmax(
+          outputs[t_name], -1
+        )
+        sums[key] = jnp.sum(same * m)
+    sums['count'] = jnp.sum(m)
+    return sums
+
+  return jax.jit(eval_step)
