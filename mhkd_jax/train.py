@@ -131,15 +131,20 @@ def evaluate(eval_step, params, rest, teacher_state, eval_arrays, num_batches):
 # The loop.
 
 
-def _check_finite(metrics: dict, step: int, checkpointer) -> None:
-  if not np.isfinite(metrics['loss']):
-    last = checkpointer.latest_step()
-    raise NonFiniteLossError(
-      f'The training loss is {metrics["loss"]} at step {step}. Nothing was '
-      f'saved after the last good checkpoint (step {last}). Lower '
-      '--config.learning_rate, check the teacher and the data, or disable '
-      'a term whose weight is large.'
-    )
+def _raise_non_finite(what: str, step: int, checkpointer) -> None:
+  raise NonFiniteLossError(
+    f'{what} at step {step}. Nothing was saved after the last good '
+    f'checkpoint (step {checkpointer.latest_step()}). Lower '
+    '--config.learning_rate, check the teacher and the data, or reduce a '
+    'term whose weight is large; re-running resumes from that checkpoint.'
+  )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(
+    jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+  )
 
 
 def _mean_metrics(history: list[dict]) -> dict:
@@ -284,7 +289,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if done % config.log_every_steps == 0 or done == num_train_steps:
         last_train = _mean_metrics(train_history)
         train_history = []
-        _check_finite(last_train, done, checkpointer)
+        if not np.isfinite(last_train['loss']):
+          _raise_non_finite(
+            f'The training loss is {last_train["loss"]}', done, checkpointer
+          )
         scalars = {f'train/{k}': v for k, v in last_train.items()}
         scalars['train/lr'] = float(learning_rate(step))
         writer.write_scalars(done, scalars)
@@ -306,21 +314,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
         or done == num_train_steps
         or stop
       ):
-        if train_history:  # never save a state whose loss is not finite
-          _check_finite(_mean_metrics(train_history[-1:]), done, checkpointer)
+        # Never overwrite good checkpoints with a diverged state.
+        if not _all_finite(params):
+          _raise_non_finite('The parameters are not finite', done,
+                            checkpointer)
         checkpointer.save(
           done,
           {'params': params, 'rest': rest, 'opt_state': opt_state,
            'step': done},
         )
       if stop:
-        checkpointer.close()
-        writer.flush()
         return {'preempted': True, 'step': done}
   finally:
     signal.signal(signal.SIGTERM, previous_signal)
-  checkpointer.close()
-  writer.flush()
+    # Whatever happens, finish the checkpoint writes already under way.
+    checkpointer.close()
+    writer.flush()
 
   trained = nnx.merge(graphdef, params, rest)
   _export(trained, teacher, config, info, workdir)

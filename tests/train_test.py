@@ -1,0 +1,136 @@
+"""train_and_evaluate end to end on mock CIFAR-100: results, resume, errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from configs import test as test_config
+from mhkd_jax import checkpointing, step as step_lib, train
+from mhkd_jax.models import create_model
+
+NUM_CLASSES = 100  # mock cifar100
+
+
+@pytest.fixture(scope='module')
+def mock_cifar():
+  with tfds.testing.mock_data(num_examples=64):
+    yield
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp('teacher'))
+  model = create_model('resnet8', num_classes=NUM_CLASSES, rngs=nnx.Rngs(5))
+  checkpointing.save_teacher(
+    directory, model, model_name='resnet8', num_classes=NUM_CLASSES
+  )
+  return directory
+
+
+def _config(teacher_dir, method='mhkd'):
+  config = test_config.get_config()
+  config.method = method
+  config.teacher.model = 'resnet8'
+  config.teacher.init = teacher_dir
+  config.mhkd.teacher_heads = 'online'
+  return config
+
+
+def _exported_params(workdir):
+  teacher = checkpointing.load_teacher(workdir)
+  return jax.tree.leaves(nnx.state(teacher.model, nnx.Param)) + (
+    jax.tree.leaves(nnx.state(teacher.heads, nnx.Param))
+  )
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(mock_cifar, teacher_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  results = train.train_and_evaluate(_config(teacher_dir), workdir)
+  return workdir, results
+
+
+def test_writes_results_json_with_every_metric(uninterrupted):
+  workdir, results = uninterrupted
+  with open(os.path.join(workdir, 'results.json')) as f:
+    saved = json.load(f)
+  assert saved['final'] == results['final']
+  assert saved['num_train_steps'] == 8  # 64 examples / 16 x 2 epochs
+  final = saved['final']
+  for key in ('eval/acc', 'eval/acc/stage1', 'eval/acc/stage2',
+              'eval/teacher_acc', 'eval/teacher_acc/stage1',
+              'eval/agree_top1', 'eval/agree_top1/stage2', 'eval/loss'):
+    assert key in final, key
+    assert np.isfinite(final[key])
+  assert 0.0 <= final['eval/acc'] <= 1.0
+  assert [h['epoch'] for h in saved['history']] == [1, 2]
+  for key in ('ce', 'kd/logits', 'kd/stage1', 'ce/teacher_head/stage2'):
+    assert key in saved['train']
+
+
+def test_killed_and_restarted_equals_uninterrupted(
+  uninterrupted, mock_cifar, teacher_dir, tmp_path, monkeypatch
+):
+  workdir = str(tmp_path)
+  config = _config(teacher_dir)
+  original = step_lib.create_train_step
+
+  def crashing_train_step(**kwargs):
+    real_step = original(**kwargs)
+    calls = {'n': 0}
+
+    def step(*args):
+      calls['n'] += 1
+      if calls['n'] == 6:  # dies after the checkpoint at step 4
+        raise KeyboardInterrupt('killed')
+      return real_step(*args)
+
+    return step
+
+  monkeypatch.setattr(step_lib, 'create_train_step', crashing_train_step)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir)
+  assert checkpointing.TrainCheckpointer(
+    workdir, max_to_keep=2).latest_step() == 4
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  monkeypatch.setattr(step_lib, 'create_train_step', original)
+  resumed = train.train_and_evaluate(config, workdir)
+
+  expected_dir, expected = uninterrupted
+  assert resumed['final'] == pytest.approx(expected['final'], abs=1e-6)
+  assert resumed['train'] == pytest.approx(expected['train'], rel=1e-5)
+  for a, b in zip(_exported_params(workdir), _exported_params(expected_dir)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_sigterm_saves_and_stops(mock_cifar, teacher_dir, tmp_path,
+                                 monkeypatch):
+  monkeypatch.setattr(train, 'preemption_requested', lambda step: step == 3)
+  config = _config(teacher_dir, method='kd')
+  out = train.train_and_evaluate(config, str(tmp_path))
+  assert out == {'preempted': True, 'step': 3}
+  assert checkpointing.TrainCheckpointer(
+    str(tmp_path), max_to_keep=2).latest_step() == 3
+
+
+def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(
+  mock_cifar, teacher_dir, tmp_path
+):
+  config = _config(teacher_dir, method='ce')
+  config.learning_rate = 1e12
+  config.log_every_steps = 1
+  config.checkpoint.every_steps = 1
+  with pytest.raises(train.NonFiniteLossError, match='learning_rate'):
+    train.train_and_evaluate(config, str(tmp_path))
+  latest = checkpointing.TrainCheckpointer(
+    str(tmp_path), max_to_keep=2).latest_step()
+  if latest is not None:  # whatever was saved is finite
+    restored = checkpointing.TrainCheckpointer(
+      str(tmp_path), max_to_keep=2)._manager.restore(latest)
+    assert all(np.all(np.isfinite(x))
+               for x in jax.tree.leaves(restored['params']))
