@@ -41,7 +41,7 @@ def to_pure(state: nnx.State) -> dict:
       return {str(k): stringify(v) for k, v in d.items()}
     return d
 
-  return stringify(state.to_pure_dict())
+  return stringify(nnx.to_pure_dict(state))
 
 
 def from_pure(abstract: nnx.State, pure: dict) -> nnx.State:
@@ -52,7 +52,7 @@ def from_pure(abstract: nnx.State, pure: dict) -> nnx.State:
       return d
     return {k: keyed(d[str(k)], template[k]) for k in template}
 
-  template = abstract.to_pure_dict()
+  template = nnx.to_pure_dict(abstract)
   state = jax.tree.map(lambda x: x, abstract)
   nnx.replace_by_pure_dict(state, keyed(pure, template))
   return state

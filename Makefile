@@ -1,0 +1,34 @@
+# make demo: set up .venv on first use, then run the main job on the
+#            embedded data (teacher, heads, vanilla/KD/MHKD students).
+# make test: set up .venv (with the torch extra) and run the tests.
+# make bench: the JAX vs PyTorch step benchmark (experiments/).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_WORKDIR ?= demo_workdir
+
+.PHONY: demo test bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# The torch extra: this exact version is a local CPU wheel on these
+	# machines (an unpinned torch would pull a multi-GB CUDA build).
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mhkd_jax.demo --workdir=$(DEMO_WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m experiments.benchmark_step
+
+clean:
+	rm -rf $(VENV) $(DEMO_WORKDIR)
