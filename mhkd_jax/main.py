@@ -6,6 +6,7 @@
 Re-running the same command resumes from the last checkpoint in DIR.
 """
 
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -18,11 +19,25 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Drops orbax's per-save INFO lines; its warnings and errors still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or (
+      f'{os.sep}orbax{os.sep}' not in record.pathname
+    )
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # TensorFlow only reads data: keep it off the accelerators JAX uses.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  quiet_library_logs()
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set by users)
 
   if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get(
