@@ -209,9 +209,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     teacher_state = parallel.replicate(teacher_state, mesh)
 
   # Randomness: model init uses config.seed; data order and augmentation
-  # use keys derived from it, folded with the epoch / step so that a resumed
-  # run draws exactly what an uninterrupted one would.
-  data_rng, train_rng = jax.random.split(
+  # use a base key derived from it (saved in checkpoints), folded with the
+  # epoch / step, so a resumed run draws exactly what an uninterrupted one
+  # would have.
+  base_key = jax.random.key_data(
     jax.random.fold_in(jax.random.key(config.seed), 1)
   )
 
@@ -226,11 +227,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       {'params': params, 'rest': rest, 'opt_state': opt_state},
     )
     abstract['step'] = 0
+    abstract['rng'] = jax.ShapeDtypeStruct(base_key.shape, base_key.dtype)
     restored = checkpointer.restore(latest, abstract)
     params, rest = restored['params'], restored['rest']
     opt_state, start_step = restored['opt_state'], int(restored['step'])
+    # A host copy: the keys are then placed like a fresh run's.
+    base_key = np.asarray(restored['rng'])
     logging.info('Resumed from %s at step %d.', checkpointer.directory,
                  start_step)
+  data_rng, train_rng = jax.random.split(jax.random.wrap_key_data(base_key))
 
   input_spec = step_lib.InputSpec(
     mean=info.mean, std=info.std, crop_padding=config.data.crop_padding,
@@ -321,7 +326,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpointer.save(
           done,
           {'params': params, 'rest': rest, 'opt_state': opt_state,
-           'step': done},
+           'step': done, 'rng': base_key},
         )
       if stop:
         return {'preempted': True, 'step': done}

@@ -1,6 +1,8 @@
 """Model registry: ``create_model(name, *, num_classes, rngs)``.
 
-Names are RepDistiller's ``model_dict`` keys. Every model takes NHWC images
+Names are RepDistiller's ``model_dict`` keys (plus ResNet18/34 of its
+``resnetv2.py`` and the torchvision-layout ``imagenet_resnet18/34``).
+Every model takes NHWC images
 and ``train`` (BatchNorm batch statistics vs running averages), returns
 logits, and sows ``stem``, ``stage1``..``stageN`` and ``pooled`` as
 ``nnx.Intermediate`` (collected by ``mhkd_jax.features``).
@@ -8,10 +10,24 @@ logits, and sows ``stem``, ``stage1``..``stageN`` and ``pooled`` as
 
 from flax import nnx
 
+from mhkd_jax.models import imagenet_resnet
+from mhkd_jax.models import mobilenetv2
 from mhkd_jax.models import resnet
+from mhkd_jax.models import resnetv2
+from mhkd_jax.models import shufflenet
+from mhkd_jax.models import vgg
+from mhkd_jax.models import wrn
 
 _REGISTRY = {}
-for _family in (resnet,):
+for _family in (
+  resnet,
+  wrn,
+  vgg,
+  mobilenetv2,
+  shufflenet,
+  resnetv2,
+  imagenet_resnet,
+):
   _REGISTRY.update(_family.MODELS)
 
 MODEL_NAMES = tuple(sorted(_REGISTRY))

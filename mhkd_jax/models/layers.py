@@ -102,3 +102,53 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
   return nnx.avg_pool(
     x, (window, window), (stride, stride), pad, count_include_pad=True
   )
+
+
+zeros = nnx.initializers.zeros_init()
+# RepDistiller's VGG/MobileNetV2 linear init: normal(0, 0.01).
+normal_001 = nnx.initializers.normal(0.01)
+
+
+def linear_zero_bias(
+  in_features: int,
+  out_features: int,
+  *,
+  kernel_init=torch_default_kernel,
+  rngs: nnx.Rngs,
+) -> nnx.Linear:
+  """nn.Linear whose bias RepDistiller zeroes after construction."""
+  return nnx.Linear(
+    in_features,
+    out_features,
+    kernel_init=kernel_init,
+    bias_init=zeros,
+    rngs=rngs,
+  )
+
+
+def run_sequential(seq, x: jax.Array, *, train: bool) -> jax.Array:
+  """Runs an ``nn.Sequential`` port; ``None`` entries stand for ``ReLU``.
+
+  PyTorch's parameter-free ReLU entries occupy indices of the Sequential,
+  so the ports keep a ``None`` placeholder there: the parameter indices
+  (``block0.0``, ``block0.1``, ``block0.3``...) then match the state_dict.
+  """
+  for layer in seq:
+    if layer is None:
+      x = nnx.relu(x)
+    elif isinstance(layer, nnx.BatchNorm):
+      x = layer(x, use_running_average=not train)
+    else:
+      x = layer(x)
+  return x
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+  """ShuffleNet's channel shuffle on the last (channel) axis of NHWC.
+
+  Same permutation as torch's ``view(N, g, C/g, H, W).permute(0, 2, 1, 3,
+  4)``: output channel ``j * g + i`` is input channel ``i * (C/g) + j``.
+  """
+  *lead, c = x.shape
+  x = x.reshape(*lead, groups, c // groups)
+  return jnp.swapaxes(x, -1, -2).reshape(*lead, c)

@@ -1,0 +1,132 @@
+"""RepDistiller's Wide ResNets (``models/wrn.py``): wrn_16_1 .. wrn_40_2.
+
+Pre-activation BasicBlocks (BN-ReLU-conv), ``depth = 6n + 4``, dropout 0.
+Sown features follow RepDistiller's ``forward(x, is_feat=True)``: ``stem``
+is the raw conv1 output (no BN/ReLU yet), ``stage1``..``stage3`` are the
+raw outputs of block1..block3 (``stage3`` before the final BN-ReLU), and
+``pooled`` the vector fed to ``fc``.
+
+Attribute names mirror the PyTorch state_dict: ``block1.layer.0.bn1``,
+``block2.layer.0.convShortcut``, ``bn1``, ``fc``.
+"""
+
+from flax import nnx
+import jax
+
+from mhkd_jax.models import layers
+
+
+class BasicBlock(nnx.Module):
+  """bn-relu-conv3x3-bn-relu-conv3x3 plus identity or 1x1 shortcut."""
+
+  def __init__(
+    self, in_planes: int, out_planes: int, stride: int, *, rngs: nnx.Rngs
+  ):
+    self.bn1 = layers.batch_norm(in_planes, rngs=rngs)
+    self.conv1 = layers.conv(
+      in_planes, out_planes, 3, stride=stride, padding=1, rngs=rngs
+    )
+    self.bn2 = layers.batch_norm(out_planes, rngs=rngs)
+    self.conv2 = layers.conv(out_planes, out_planes, 3, padding=1, rngs=rngs)
+    # RepDistiller keys the shortcut on channels only (never on stride).
+    self.equal_in_out = in_planes == out_planes
+    if self.equal_in_out:
+      self.convShortcut = None
+    else:
+      self.convShortcut = layers.conv(
+        in_planes, out_planes, 1, stride=stride, rngs=rngs
+      )
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    frozen = not train
+    pre = nnx.relu(self.bn1(x, use_running_average=frozen))
+    if not self.equal_in_out:
+      # Where the width changes, the shortcut sees relu(bn1(x)), not x.
+      x = pre
+    out = self.conv1(pre)
+    out = nnx.relu(self.bn2(out, use_running_average=frozen))
+    out = self.conv2(out)
+    shortcut = x if self.equal_in_out else self.convShortcut(x)
+    return shortcut + out
+
+
+class NetworkBlock(nnx.Module):
+  """A group of blocks; the attribute ``layer`` mirrors the PyTorch key."""
+
+  def __init__(
+    self,
+    num_layers: int,
+    in_planes: int,
+    out_planes: int,
+    stride: int,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.layer = nnx.List(
+      [
+        BasicBlock(
+          in_planes if i == 0 else out_planes,
+          out_planes,
+          stride if i == 0 else 1,
+          rngs=rngs,
+        )
+        for i in range(num_layers)
+      ]
+    )
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for block in self.layer:
+      x = block(x, train=train)
+    return x
+
+
+class WideResNet(nnx.Module):
+  """WRN-depth-k for 32x32 inputs with three groups."""
+
+  def __init__(
+    self,
+    depth: int,
+    widen_factor: int,
+    *,
+    num_classes: int,
+    rngs: nnx.Rngs,
+  ):
+    if (depth - 4) % 6:
+      raise ValueError(f'depth must be 6n+4, got {depth}')
+    n = (depth - 4) // 6
+    channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+    # normal(0, sqrt(2 / (k*k*out_channels))) is kaiming fan_out, the
+    # default kernel_init of layers.conv.
+    self.conv1 = layers.conv(3, channels[0], 3, padding=1, rngs=rngs)
+    self.block1 = NetworkBlock(n, channels[0], channels[1], 1, rngs=rngs)
+    self.block2 = NetworkBlock(n, channels[1], channels[2], 2, rngs=rngs)
+    self.block3 = NetworkBlock(n, channels[2], channels[3], 2, rngs=rngs)
+    self.bn1 = layers.batch_norm(channels[3], rngs=rngs)
+    # RepDistiller zeroes the linear bias and keeps PyTorch's weight init.
+    self.fc = layers.linear_zero_bias(channels[3], num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    x = self.conv1(x)
+    self.sow(nnx.Intermediate, 'stem', x)
+    for i, group in enumerate((self.block1, self.block2, self.block3)):
+      x = group(x, train=train)
+      self.sow(nnx.Intermediate, f'stage{i + 1}', x)
+    x = nnx.relu(self.bn1(x, use_running_average=not train))
+    x = layers.global_avg_pool(x)
+    self.sow(nnx.Intermediate, 'pooled', x)
+    return self.fc(x)
+
+
+def _factory(depth: int, widen_factor: int):
+  def create(*, num_classes: int, rngs: nnx.Rngs) -> WideResNet:
+    return WideResNet(depth, widen_factor, num_classes=num_classes, rngs=rngs)
+
+  return create
+
+
+MODELS = {
+  'wrn_16_1': _factory(16, 1),
+  'wrn_16_2': _factory(16, 2),
+  'wrn_40_1': _factory(40, 1),
+  'wrn_40_2': _factory(40, 2),
+}
