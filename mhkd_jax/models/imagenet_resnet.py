@@ -16,35 +16,9 @@ from flax import nnx
 import jax
 
 from mhkd_jax.models import layers
-
-
-class BasicBlock(nnx.Module):
-  """conv3x3(stride)-bn-relu-conv3x3-bn, + downsample, relu."""
-
-  def __init__(self, inplanes: int, planes: int, stride: int, *, rngs):
-    self.conv1 = layers.conv(
-      inplanes, planes, 3, stride=stride, padding=1, rngs=rngs
-    )
-    self.bn1 = layers.batch_norm(planes, rngs=rngs)
-    self.conv2 = layers.conv(planes, planes, 3, padding=1, rngs=rngs)
-    self.bn2 = layers.batch_norm(planes, rngs=rngs)
-    if stride != 1 or inplanes != planes:
-      self.downsample = nnx.List(
-        [
-          layers.conv(inplanes, planes, 1, stride=stride, rngs=rngs),
-          layers.batch_norm(planes, rngs=rngs),
-        ]
-      )
-    else:
-      self.downsample = None
-
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    f = not train
-    out = nnx.relu(self.bn1(self.conv1(x), use_running_average=f))
-    out = self.bn2(self.conv2(out), use_running_average=f)
-    if self.downsample is not None:
-      x = layers.run_sequential(self.downsample, x, train=train)
-    return nnx.relu(out + x)
+# The block is the CIFAR ResNet's: torchvision's BasicBlock has the same
+# layers and names.
+from mhkd_jax.models.resnet import BasicBlock
 
 
 class ImageNetResNet(nnx.Module):
