@@ -1,0 +1,1 @@
+"""Import of PyTorch checkpoints (RepDistiller) into the NNX models."""
