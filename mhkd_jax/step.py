@@ -11,6 +11,7 @@ the optimizer.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from types import ModuleType
 
@@ -33,6 +34,47 @@ class InputSpec:
   std: tuple[float, ...]
   crop_padding: int
   random_flip: bool
+
+
+# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK unless the list of
+# library fusions is given explicitly. YNNPACK's weight-gradient
+# convolutions (whose window is the whole feature map) run at ~4 GFLOP/s on
+# a 2-core AVX2 host, Eigen's at ~45: one resnet8x4 layer1 weight gradient
+# takes 1.35 s instead of 0.1 s, and a resnet32x4 -> resnet8x4 KD step
+# twice as long (MHKD with 'dih' heads: 4x). Naming the list as matmuls only
+# leaves every convolution to Eigen (adding reductions would let YNNPACK
+# take the heads' conv-BN-ReLU-pool chains again: the frozen 'dih' teacher
+# heads' forward then takes 1.3x as long). It only picks
+# the library that runs each op (no fast-math; float32 throughout, results
+# differ in summation order only), and applies to CPU meshes only. Set to
+# None to compile with XLA's defaults (experiments/benchmark_step.py
+# --also-xla-defaults measures the difference).
+CPU_COMPILER_OPTIONS: dict[str, str] | None = {
+  'xla_cpu_experimental_ynn_fusion_type': (
+    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+  ),
+}
+
+
+@functools.cache
+def _accepted_by_xla(device: jax.Device, options: tuple) -> bool:
+  """Whether this jaxlib knows the options (they are experimental flags)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+      jax.device_put(jnp.zeros((), jnp.float32), device)
+    ).compile()
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str] | None:
+  """Per-program XLA options for steps compiled for ``mesh``."""
+  devices = list(mesh.devices.flat)
+  if not CPU_COMPILER_OPTIONS or any(d.platform != 'cpu' for d in devices):
+    return None
+  options = tuple(sorted(CPU_COMPILER_OPTIONS.items()))
+  return dict(options) if _accepted_by_xla(devices[0], options) else None
 
 
 def split_trainable(trainable: nnx.Module):
@@ -111,7 +153,10 @@ def create_train_step(
       metrics['acc'] = losses.accuracy(logits, y)
     return params, new_rest, opt_state, metrics
 
-  return jax.jit(train_step, donate_argnums=(0, 1, 2))
+  return jax.jit(
+    train_step, donate_argnums=(0, 1, 2),
+    compiler_options=compiler_options(mesh),
+  )
 
 
 def create_eval_step(

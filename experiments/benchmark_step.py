@@ -1,0 +1,578 @@
+"""Times the project's compiled train step against the PyTorch baseline.
+
+  python -m experiments.benchmark_step            # what `make bench` runs
+  python -m experiments.benchmark_step --method mhkd --head light \\
+      --steps 20 --no-torch
+
+The JAX step is the real one (``mhkd_jax.step.create_train_step``: batch
+gather from the resident split, crop/flip, normalisation, frozen teacher,
+student + heads + loss under one ``value_and_grad``, SGD), compiled once
+(compile time reported apart), then timed step by step with
+``block_until_ready``. The PyTorch step is
+``experiments/pytorch_baseline/train_step.py`` (RepDistiller semantics) on a
+batch that is already normalised (its data loading is not timed, while the
+JAX step's gather and augmentation are). Both run in one process, in
+alternating blocks of steps after a warm-up, so that machine load drifts
+hit both; only the ratio of one run is meaningful on a shared machine.
+
+Both frameworks get the same CPU threads: the process is pinned to
+``--threads`` cores (default: every core this process may use), which
+sizes XLA's CPU thread pool, and ``torch.set_num_threads`` gets the same
+number.
+
+Reported per measurement: median step time with min/max and the
+interquartile range, images/s, step FLOPs (XLA cost analysis of the
+compiled step; for PyTorch ``torch.utils.flop_counter``), achieved FLOP/s,
+memory (peak device memory on accelerators; on CPU XLA's buffer
+assignment of the step (arguments + outputs + temporaries) and the
+process's peak RSS, which covers both frameworks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+TEACHER_HEAD_MODES = ('pretrain', 'online')
+
+
+def _parse_args(argv):
+  p = argparse.ArgumentParser(
+    prog='python -m experiments.benchmark_step',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument('--teacher', default='resnet32x4')
+  p.add_argument('--student', default='resnet8x4')
+  p.add_argument(
+    '--method', default='kd,mhkd',
+    help='comma-separated: kd, mhkd (default: both)',
+  )
+  p.add_argument(
+    '--head', default='dih,light',
+    help="MHKD head kinds, comma-separated (default: 'dih,light')",
+  )
+  p.add_argument(
+    '--teacher-heads', default='pretrain', choices=TEACHER_HEAD_MODES,
+    help="MHKD teacher heads: frozen ('pretrain') or trained ('online')",
+  )
+  p.add_argument('--head-width', type=int, default=None)
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--num-classes', type=int, default=100)
+  p.add_argument('--steps', type=int, default=10, help='timed steps/side')
+  p.add_argument('--warmup', type=int, default=2, help='untimed steps/side')
+  p.add_argument(
+    '--time-budget', type=float, default=75.0,
+    help='seconds of timed steps per case (all sides together); fewer '
+    'than --steps (at least 4) are timed when the warm-up says they would '
+    'not fit; 0 = no limit',
+  )
+  p.add_argument(
+    '--block', type=int, default=4,
+    help='steps per block; JAX and PyTorch blocks alternate',
+  )
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  p.add_argument(
+    '--torch', action=argparse.BooleanOptionalAction, default=None,
+    help='time the PyTorch step too (default: if torch imports)',
+  )
+  p.add_argument(
+    '--threads', type=int, default=None,
+    help='CPU threads for both frameworks (default: all usable cores)',
+  )
+  p.add_argument(
+    '--xla-flags', default='',
+    help='extra XLA_FLAGS for this run (set before jax is imported)',
+  )
+  p.add_argument(
+    '--xla-default-cpu-libraries', action='store_true',
+    help='compile the JAX step without mhkd_jax.step.CPU_COMPILER_OPTIONS',
+  )
+  p.add_argument(
+    '--also-xla-defaults', action='store_true',
+    help='also time the JAX step compiled with XLA defaults (before/after)',
+  )
+  p.add_argument(
+    '--profile', default='',
+    help='write a jax.profiler trace of 2 JAX steps to this directory',
+  )
+  p.add_argument('--out', default='', help='append results as JSON lines')
+  return p.parse_args(argv)
+
+
+def _pin_threads(threads):
+  """Pins the process to ``threads`` cores before jax starts its pool."""
+  usable = sorted(os.sched_getaffinity(0))
+  threads = threads or len(usable)
+  if threads > len(usable):
+    raise SystemExit(
+      f'--threads={threads}, but this process may use {len(usable)} cores.'
+    )
+  if threads < len(usable):
+    os.sched_setaffinity(0, usable[:threads])
+  return threads
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or 'unknown'
+  name = next(
+    (l.split(':', 1)[1].strip() for l in info.splitlines()
+     if l.startswith('model name')), 'unknown',
+  )
+  flags = next(
+    (l.split(':', 1)[1].split() for l in info.splitlines()
+     if l.startswith('flags')), [],
+  )
+  isa = 'AVX-512' if 'avx512f' in flags else (
+    'AVX2 (no AVX-512)' if 'avx2' in flags else 'no AVX2'
+  )
+  return f'{name}, {isa}'
+
+
+# --------------------------------------------------------------------------
+# JAX side.
+
+
+def _set_compute_dtype(module, dtype):
+  """Mixed precision for the benchmark: compute in ``dtype``, f32 params.
+
+  Flax layers take a ``dtype`` (computation) apart from ``param_dtype``;
+  setting it on every conv, linear and BatchNorm keeps the parameters,
+  optimizer and loss in float32 (the losses cast logits to float32).
+  """
+  from flax import nnx
+
+  for _, m in nnx.iter_graph(module):
+    if isinstance(m, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
+      m.dtype = dtype
+
+
+def _jax_config(args, method, head):
+  from configs import default
+
+  config = default.get_config()
+  config.method = method
+  config.model = args.student
+  config.teacher.model = args.teacher
+  config.batch_size = args.batch
+  if head is not None:
+    config.mhkd.head = head
+    config.mhkd.head_width = args.head_width
+    config.mhkd.teacher_heads = args.teacher_heads
+  return config
+
+
+class JaxBench:
+  """The project's train step, compiled, on a resident synthetic split."""
+
+  def __init__(self, args, method_name, head, num_examples,
+               xla_defaults=False):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from mhkd_jax import heads, parallel, step as step_lib, train
+    from mhkd_jax.distill import get_method
+    from mhkd_jax.distill.base import Teacher
+    from mhkd_jax.models import create_model
+
+    self.jax = jax
+    config = _jax_config(args, method_name, head)
+    method = get_method(method_name)
+    input_shape = (1, 32, 32, 3)
+    t_model = create_model(
+      args.teacher, num_classes=args.num_classes, rngs=nnx.Rngs(1)
+    )
+    t_heads = None
+    if method_name == 'mhkd' and args.teacher_heads == 'pretrain':
+      t_heads = heads.create_heads(
+        head, t_model, None, num_classes=args.num_classes,
+        input_shape=input_shape, width=args.head_width, rngs=nnx.Rngs(2),
+      )
+    teacher = Teacher(t_model, t_heads, name=args.teacher)
+    trainable = method.create_trainable(
+      config, teacher=teacher, num_classes=args.num_classes,
+      input_shape=input_shape, rngs=nnx.Rngs(0),
+    )
+    if args.dtype == 'bfloat16':
+      _set_compute_dtype(trainable, jnp.bfloat16)
+      _set_compute_dtype(teacher, jnp.bfloat16)
+    mesh = parallel.create_mesh(1)
+    self.steps_per_epoch = num_examples // args.batch
+    graphdef, params, rest = step_lib.split_trainable(trainable)
+    tx = train.create_optimizer(config, self.steps_per_epoch)
+    opt_state = tx.init(params)
+    t_graphdef, t_state = nnx.split(teacher)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, args.num_classes, (num_examples,)).astype(
+      np.int32
+    )
+    (self.params, self.rest, self.opt_state, self.t_state, self.images,
+     self.labels) = parallel.replicate(
+      (params, rest, opt_state, t_state, images, labels), mesh
+    )
+    self.perm = jnp.arange(num_examples, dtype=jnp.int32)
+    self.key = jax.random.key(0)
+    self.num_params = sum(x.size for x in jax.tree.leaves(params))
+    saved = step_lib.CPU_COMPILER_OPTIONS
+    if xla_defaults:  # the step as XLA compiles it without our options
+      step_lib.CPU_COMPILER_OPTIONS = None
+    try:
+      self.compiler_options = step_lib.compiler_options(mesh)
+      step = step_lib.create_train_step(
+        graphdef=graphdef, teacher_graphdef=t_graphdef, method=method,
+        config=config, tx=tx, mesh=mesh,
+        input_spec=step_lib.InputSpec(
+          mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
+          crop_padding=4, random_flip=True,
+        ),
+      )
+    finally:
+      step_lib.CPU_COMPILER_OPTIONS = saved
+    self.i = 0
+    start = time.perf_counter()
+    lowered = step.lower(*self._args())
+    self.trace_s = time.perf_counter() - start
+    start = time.perf_counter()
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - start
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get('flops', float('nan'))) if cost else None
+    self.bytes_accessed = (
+      float(cost.get('bytes accessed', float('nan'))) if cost else None
+    )
+    mem = self.compiled.memory_analysis()
+    self.xla_buffers = None
+    if mem is not None:
+      self.xla_buffers = (
+        mem.argument_size_in_bytes + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+      )
+      self.xla_temp = mem.temp_size_in_bytes
+
+  def _args(self):
+    jnp = self.jax.numpy
+    position = jnp.int32(self.i % self.steps_per_epoch)
+    return (
+      self.params, self.rest, self.opt_state, self.t_state, self.images,
+      self.labels, self.perm, position, self.jax.random.fold_in(self.key,
+                                                                self.i),
+    )
+
+  def step(self) -> float:
+    args = self._args()
+    start = time.perf_counter()
+    self.params, self.rest, self.opt_state, metrics = self.compiled(*args)
+    self.jax.block_until_ready((self.params, self.rest, self.opt_state,
+                                metrics))
+    elapsed = time.perf_counter() - start
+    self.i += 1
+    self.last_loss = float(metrics['loss'])
+    return elapsed
+
+  def peak_device_memory(self):
+    stats = self.jax.devices()[0].memory_stats()
+    if stats and 'peak_bytes_in_use' in stats:
+      return stats['peak_bytes_in_use']
+    return None
+
+
+# --------------------------------------------------------------------------
+# PyTorch side.
+
+
+class TorchBench:
+  """RepDistiller-style PyTorch step on a fixed, normalised batch."""
+
+  def __init__(self, args, method_name, head):
+    import torch
+
+    from experiments.pytorch_baseline import heads as torch_heads
+    from experiments.pytorch_baseline import models as torch_models
+    from experiments.pytorch_baseline import train_step
+
+    self.torch = torch
+    config = _jax_config(args, method_name, head)
+    torch.manual_seed(0)
+    teacher = torch_models.create_torch_model(args.teacher, args.num_classes)
+    student = torch_models.create_torch_model(args.student, args.num_classes)
+    s_heads = t_heads = None
+    if method_name == 'mhkd':
+      s_heads = torch_heads.create_heads(
+        head, student, None, num_classes=args.num_classes,
+        width=args.head_width,
+      )
+      t_heads = torch_heads.create_heads(
+        head, teacher, None, num_classes=args.num_classes,
+        width=args.head_width,
+      )
+    self.step_fn = train_step.create_step_from_config(
+      config, student=student, teacher=teacher, student_heads=s_heads,
+      teacher_heads=t_heads,
+    )
+    self.autocast = args.dtype == 'bfloat16'
+    g = torch.Generator().manual_seed(0)
+    self.x = torch.randn(args.batch, 3, 32, 32, generator=g)
+    self.y = torch.randint(0, args.num_classes, (args.batch,), generator=g)
+    self.num_params = sum(
+      p.numel() for m in self.step_fn.trainable_modules()
+      for p in m.parameters()
+    )
+    self.flops = None
+
+  def _run(self):
+    if self.autocast:
+      with self.torch.autocast('cpu', dtype=self.torch.bfloat16):
+        return self.step_fn(self.x, self.y)
+    return self.step_fn(self.x, self.y)
+
+  def count_flops(self):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+      self._run()
+    self.flops = float(counter.get_total_flops())
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    out = self._run()
+    elapsed = time.perf_counter() - start
+    self.last_loss = float(out['loss'])
+    return elapsed
+
+
+# --------------------------------------------------------------------------
+# Timing and reporting.
+
+
+def _summary(times):
+  times = sorted(times)
+  q = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+  return {
+    'median_s': statistics.median(times),
+    'min_s': times[0],
+    'max_s': times[-1],
+    'iqr_s': q[2] - q[0],
+    'n': len(times),
+  }
+
+
+def _alternate(benches, warmup, steps, block, budget):
+  """Warm-up, then alternating blocks; returns name -> list of seconds."""
+  last = {}
+  for _ in range(max(warmup, 1)):
+    for name, bench in benches.items():
+      last[name] = bench.step()
+  if budget:
+    fit = max(4, int(budget / sum(last.values())))
+    if fit < steps:
+      print(f'# {fit} timed steps per side instead of {steps}: '
+            f'--time-budget={budget:g} s', flush=True)
+      steps = fit
+  times = {name: [] for name in benches}
+  while any(len(t) < steps for t in times.values()):
+    for name, bench in benches.items():
+      for _ in range(min(block, steps - len(times[name]))):
+        times[name].append(bench.step())
+  return times
+
+
+def _fmt_bytes(n):
+  if n is None:
+    return 'n/a'
+  return f'{n / 2**20:.0f} MiB'
+
+
+def _fmt_flops(f):
+  return 'n/a' if not f else f'{f / 1e9:.1f}'
+
+
+def run_case(args, method_name, head, use_torch, torch_threads):
+  import jax
+
+  case = f'{method_name}' + (
+    f'/{head}/{args.teacher_heads}' if method_name == 'mhkd' else ''
+  )
+  label = (
+    f'{case} {args.teacher}->{args.student} b{args.batch} {args.dtype}'
+  )
+  num_examples = max(args.batch * 16, 1024)
+  jb = JaxBench(
+    args, method_name, head, num_examples,
+    xla_defaults=args.xla_default_cpu_libraries,
+  )
+  benches = {'jax': jb}
+  if args.also_xla_defaults:
+    benches['jax-xla-defaults'] = JaxBench(
+      args, method_name, head, num_examples, xla_defaults=True
+    )
+  if use_torch:
+    tb = TorchBench(args, method_name, head)
+    tb.count_flops()
+    benches['torch'] = tb
+  if args.profile:
+    jb.step()
+    jax.profiler.start_trace(os.path.join(args.profile, case.replace('/', '_')))
+    for _ in range(2):
+      jb.step()
+    jax.profiler.stop_trace()
+  times = _alternate(
+    benches, args.warmup, args.steps, args.block, args.time_budget
+  )
+  device = jax.devices()[0]
+  results = []
+  for name, bench in benches.items():
+    s = _summary(times[name])
+    r = {
+      'case': case, 'framework': name, 'teacher': args.teacher,
+      'student': args.student, 'batch': args.batch, 'dtype': args.dtype,
+      'threads': torch_threads, **s,
+      'images_per_s': args.batch / s['median_s'],
+      'step_flops': bench.flops,
+      'flops_per_s': bench.flops / s['median_s'] if bench.flops else None,
+      'trainable_params': bench.num_params,
+      'last_loss': bench.last_loss,
+    }
+    if name.startswith('jax'):
+      r.update(
+        device=str(device.device_kind), compile_s=bench.compile_s,
+        trace_s=bench.trace_s, xla_buffers_bytes=bench.xla_buffers,
+        peak_device_memory_bytes=bench.peak_device_memory(),
+        xla_flags=os.environ.get('XLA_FLAGS', ''),
+        compiler_options=bench.compiler_options,
+      )
+    results.append(r)
+  for r in results:
+    mem = (
+      f'peak {_fmt_bytes(r["peak_device_memory_bytes"])}'
+      if r.get('peak_device_memory_bytes') is not None
+      else (f'XLA buffers {_fmt_bytes(r["xla_buffers_bytes"])}'
+            if r['framework'].startswith('jax') else 'see RSS')
+    )
+    compile_part = (
+      f'compile {r["compile_s"]:.1f} s (trace {r["trace_s"]:.1f} s) | '
+      if r['framework'].startswith('jax') else ''
+    )
+    gflops = _fmt_flops(r['step_flops'])
+    rate = ('n/a' if not r['flops_per_s']
+            else f'{r["flops_per_s"] / 1e9:.1f}')
+    print(
+      f'{label:44s} {r["framework"]:16s} | median {r["median_s"] * 1e3:7.1f} ms'
+      f' (min {r["min_s"] * 1e3:.1f}, max {r["max_s"] * 1e3:.1f}, IQR '
+      f'{r["iqr_s"] * 1e3:.1f}; n={r["n"]}) | {r["images_per_s"]:6.1f} img/s'
+      f' | {gflops} GFLOP/step, {rate} GFLOP/s | {compile_part}{mem}',
+      flush=True,
+    )
+  by_name = {r['framework']: r for r in results}
+  if 'torch' in by_name:
+    for name, r in by_name.items():
+      if name.startswith('jax'):
+        ratio = r['median_s'] / by_name['torch']['median_s']
+        r['ratio_jax_over_torch'] = ratio
+        print(f'{label:44s} ratio {name}/PyTorch step time = {ratio:.2f}',
+              flush=True)
+  if 'jax-xla-defaults' in by_name:
+    speedup = by_name['jax-xla-defaults']['median_s'] / by_name['jax'][
+      'median_s']
+    print(f'{label:44s} speed-up of CPU_COMPILER_OPTIONS = {speedup:.2f}x',
+          flush=True)
+  return results
+
+
+def main(argv=None):
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  threads = _pin_threads(args.threads)
+  if args.xla_flags:
+    os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' ' + args.xla_flags
+    ).strip()
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import jax
+
+  use_torch = args.torch
+  torch_version = None
+  if use_torch is not False:
+    try:
+      import torch
+
+      torch.set_num_threads(threads)
+      torch_version = torch.__version__
+      use_torch = True
+    except ImportError:
+      if use_torch:
+        raise SystemExit('--torch was asked for, but torch does not import.')
+      use_torch = False
+  methods = [m for m in args.method.split(',') if m]
+  head_kinds = [h for h in args.head.split(',') if h]
+  cases = []
+  for m in methods:
+    if m == 'kd':
+      cases.append(('kd', None))
+    elif m == 'mhkd':
+      cases += [('mhkd', h) for h in head_kinds]
+    else:
+      raise SystemExit(f'--method {m!r}: valid methods are kd, mhkd.')
+
+  from mhkd_jax import step as step_lib
+
+  if args.xla_default_cpu_libraries:
+    step_lib.CPU_COMPILER_OPTIONS = None
+  device = jax.devices()[0]
+  header = {
+    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+    'host_cpu': _cpu_model(),
+    'device': f'{device.platform}: {device.device_kind}',
+    'threads': threads,
+    'jax': jax.__version__,
+    'torch': torch_version,
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'step_compiler_options': (
+      step_lib.CPU_COMPILER_OPTIONS if device.platform == 'cpu' else None
+    ),
+  }
+  print(
+    f'# {header["date"]} | {header["host_cpu"]} | {header["device"]} | '
+    f'{threads} threads for JAX (process pinned to {threads} cores) and '
+    f'for PyTorch (torch.set_num_threads({threads})) | jax {jax.__version__}'
+    f', torch {torch_version or "absent"} | XLA_FLAGS='
+    f'{header["xla_flags"]!r} | JAX step compiler_options='
+    f'{header["step_compiler_options"] or "XLA defaults"}',
+    flush=True,
+  )
+  print(
+    f'# {args.warmup} warm-up + {args.steps} timed steps per side, '
+    f'alternating blocks of {args.block}; PyTorch times exclude data '
+    'loading, JAX times include the batch gather and augmentation.',
+    flush=True,
+  )
+  all_results = []
+  for method_name, head in cases:
+    all_results += run_case(args, method_name, head, use_torch, threads)
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  print(f'# peak RSS of this process (both frameworks): {_fmt_bytes(rss)}')
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'a') as f:
+      for r in all_results:
+        f.write(json.dumps({**header, **r, 'peak_rss_bytes': rss}) + '\n')
+  return all_results
+
+
+if __name__ == '__main__':
+  main()
