@@ -83,6 +83,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.mhkd.w_head = 1.0
   config.mhkd.w_head_ce = 0.0
 
+  # Dtype of convolutions, linears and BatchNorm outputs (student, heads,
+  # teacher): 'float32' or 'bfloat16' (mixed precision for GPU/TPU:
+  # parameters, optimizer state, BatchNorm statistics, losses and
+  # checkpoints stay float32; mhkd_jax/precision.py).
+  config.compute_dtype = 'float32'
+
   # Devices: 0 = all; n = the first n (a ('data',) mesh over them).
   config.num_devices = 0
   config.log_every_steps = 100

@@ -105,6 +105,11 @@ def _parse_args(argv):
     help='also time the JAX step compiled with XLA defaults (before/after)',
   )
   p.add_argument(
+    '--also-bfloat16', action='store_true',
+    help='also time the JAX step with config.compute_dtype=bfloat16 '
+    '(speed-up of mixed precision over --dtype on this device)',
+  )
+  p.add_argument(
     '--profile', default='',
     help='write a jax.profiler trace of 2 JAX steps to this directory',
   )
@@ -149,20 +154,6 @@ def _cpu_model() -> str:
 # JAX side.
 
 
-def _set_compute_dtype(module, dtype):
-  """Mixed precision for the benchmark: compute in ``dtype``, f32 params.
-
-  Flax layers take a ``dtype`` (computation) apart from ``param_dtype``;
-  setting it on every conv, linear and BatchNorm keeps the parameters,
-  optimizer and loss in float32 (the losses cast logits to float32).
-  """
-  from flax import nnx
-
-  for _, m in nnx.iter_graph(module):
-    if isinstance(m, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
-      m.dtype = dtype
-
-
 def _jax_config(args, method, head):
   from configs import default
 
@@ -182,13 +173,13 @@ class JaxBench:
   """The project's train step, compiled, on a resident synthetic split."""
 
   def __init__(self, args, method_name, head, num_examples,
-               xla_defaults=False):
+               xla_defaults=False, dtype=None):
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from mhkd_jax import heads, parallel, step as step_lib, train
+    from mhkd_jax import heads, parallel, precision, step as step_lib, train
     from mhkd_jax.distill import get_method
     from mhkd_jax.distill.base import Teacher
     from mhkd_jax.models import create_model
@@ -211,9 +202,11 @@ class JaxBench:
       config, teacher=teacher, num_classes=args.num_classes,
       input_shape=input_shape, rngs=nnx.Rngs(0),
     )
-    if args.dtype == 'bfloat16':
-      _set_compute_dtype(trainable, jnp.bfloat16)
-      _set_compute_dtype(teacher, jnp.bfloat16)
+    # The training option config.compute_dtype does the same.
+    self.dtype = dtype or args.dtype
+    dtype = precision.compute_dtype(self.dtype)
+    precision.set_compute_dtype(trainable, dtype)
+    precision.set_compute_dtype(teacher, dtype)
     mesh = parallel.create_mesh(1)
     self.steps_per_epoch = num_examples // args.batch
     graphdef, params, rest = step_lib.split_trainable(trainable)
@@ -425,6 +418,11 @@ def run_case(args, method_name, head, use_torch, torch_threads):
     benches['jax-xla-defaults'] = JaxBench(
       args, method_name, head, num_examples, xla_defaults=True
     )
+  if args.also_bfloat16:
+    benches['jax-bfloat16'] = JaxBench(
+      args, method_name, head, num_examples,
+      xla_defaults=args.xla_default_cpu_libraries, dtype='bfloat16',
+    )
   if use_torch:
     tb = TorchBench(args, method_name, head)
     tb.count_flops()
@@ -444,7 +442,8 @@ def run_case(args, method_name, head, use_torch, torch_threads):
     s = _summary(times[name])
     r = {
       'case': case, 'framework': name, 'teacher': args.teacher,
-      'student': args.student, 'batch': args.batch, 'dtype': args.dtype,
+      'student': args.student, 'batch': args.batch,
+      'dtype': getattr(bench, 'dtype', args.dtype),
       'threads': torch_threads, **s,
       'images_per_s': args.batch / s['median_s'],
       'step_flops': bench.flops,
@@ -494,6 +493,11 @@ def run_case(args, method_name, head, use_torch, torch_threads):
     speedup = by_name['jax-xla-defaults']['median_s'] / by_name['jax'][
       'median_s']
     print(f'{label:44s} speed-up of CPU_COMPILER_OPTIONS = {speedup:.2f}x',
+          flush=True)
+  if 'jax-bfloat16' in by_name:
+    speedup = by_name['jax']['median_s'] / by_name['jax-bfloat16'][
+      'median_s']
+    print(f'{label:44s} speed-up of bfloat16 compute = {speedup:.2f}x',
           flush=True)
   return results
 

@@ -21,7 +21,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from mhkd_jax import checkpointing, data, parallel, step as step_lib
+from mhkd_jax import checkpointing, data, parallel, precision
+from mhkd_jax import step as step_lib
 from mhkd_jax.data import augment
 from mhkd_jax.distill import get_method
 
@@ -163,6 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   method = get_method(config.method)
+  compute_dtype = precision.compute_dtype(config.compute_dtype)
   mesh = parallel.create_mesh(config.num_devices or None)
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh)
@@ -199,6 +201,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config, teacher=teacher, num_classes=info.num_classes,
     input_shape=INPUT_SHAPE, rngs=nnx.Rngs(config.seed),
   )
+  # Before splitting: the compute dtype is part of the compiled graphdef.
+  precision.set_compute_dtype(trainable, compute_dtype)
+  precision.set_compute_dtype(teacher, compute_dtype)
   graphdef, params, rest = step_lib.split_trainable(trainable)
   tx = create_optimizer(config, steps_per_epoch)
   opt_state = tx.init(params)
