@@ -27,6 +27,9 @@ from mhkd_jax.models import create_model
 
 TEACHER_META = 'teacher.json'
 EXPORT_DIR = 'export'
+# What a teacher checkpoint holds: every variable but activations a direct
+# model call may have sown (nnx.Intermediate), which are not weights.
+_SAVED = nnx.Not(nnx.Intermediate)
 
 
 class TeacherCheckpointError(ValueError):
@@ -104,9 +107,9 @@ def save_teacher(
 ) -> None:
   """Writes ``model`` (and ``heads``) as a teacher checkpoint."""
   directory = os.path.abspath(directory)
-  tree = {'model': to_pure(nnx.state(model))}
+  tree = {'model': to_pure(nnx.state(model, _SAVED))}
   if heads is not None:
-    tree['heads'] = to_pure(nnx.state(heads))
+    tree['heads'] = to_pure(nnx.state(heads, _SAVED))
   # Host copies: a teacher is read back on any device layout.
   tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
   checkpointer = ocp.StandardCheckpointer()
@@ -192,24 +195,28 @@ def load_teacher(
       f'The teacher checkpoint {directory} has {meta["num_classes"]} '
       f'classes; the data set has {num_classes}.'
     )
+  # The values are replaced by the checkpoint's below. Building for real
+  # is cheaper than tracing the build under nnx.eval_shape (resnet32x4 with
+  # 'dih' heads: 1.0 s vs 1.9 s on a 2-core CPU).
   rngs = nnx.Rngs(0)
   model = create_model(
     meta['model'], num_classes=meta['num_classes'], rngs=rngs
   )
   heads = None
-  abstract = {'model': to_pure(nnx.state(model))}
   if meta.get('heads'):
     spec = heads_lib.HeadsSpec.from_json(meta['heads'])
     heads = heads_lib.create_heads(
       spec.kind, model, spec.stages, num_classes=meta['num_classes'],
       input_shape=(1, 32, 32, 3), width=spec.width, rngs=rngs,
     )
-    abstract['heads'] = to_pure(nnx.state(heads))
+  abstract = {'model': to_pure(nnx.state(model, _SAVED))}
+  if heads is not None:
+    abstract['heads'] = to_pure(nnx.state(heads, _SAVED))
   loaded = ocp.StandardCheckpointer().restore(os.path.join(directory, 'state'))
   what = f'a {meta["model"]}' + (' with heads' if heads is not None else '')
   _check_fits(abstract, loaded, what, directory)
-  nnx.update(model, from_pure(nnx.state(model), loaded['model']))
+  nnx.update(model, from_pure(nnx.state(model, _SAVED), loaded['model']))
   if heads is not None:
-    nnx.update(heads, from_pure(nnx.state(heads), loaded['heads']))
+    nnx.update(heads, from_pure(nnx.state(heads, _SAVED), loaded['heads']))
   logging.info('Loaded teacher %s from %s', meta['model'], directory)
   return Teacher(model, heads, name=meta['model'])

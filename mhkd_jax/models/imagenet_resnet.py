@@ -51,10 +51,7 @@ class ImageNetResNet(nnx.Module):
     self.sow(nnx.Intermediate, 'stem', x)
     x = layers.max_pool(x, 3, 2, 1)
     stages = (self.layer1, self.layer2, self.layer3, self.layer4)
-    for i, stage in enumerate(stages):
-      for block in stage:
-        x = block(x, train=train)
-      self.sow(nnx.Intermediate, f'stage{i + 1}', x)
+    x = layers.run_stages(self, stages, x, train=train)
     # AdaptiveAvgPool2d((1, 1)).
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)

@@ -152,3 +152,17 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
   *lead, c = x.shape
   x = x.reshape(*lead, groups, c // groups)
   return jnp.swapaxes(x, -1, -2).reshape(*lead, c)
+
+
+def run_stages(model: nnx.Module, stages, x: jax.Array, *,
+               train: bool) -> jax.Array:
+  """Runs each stage's blocks in order and sows the stage's output.
+
+  The outputs are sown on ``model`` as ``stage1``, ``stage2``... (1-based):
+  the features that distillation heads read (``mhkd_jax.features``).
+  """
+  for i, stage in enumerate(stages):
+    for block in stage:
+      x = block(x, train=train)
+    model.sow(nnx.Intermediate, f'stage{i + 1}', x)
+  return x

@@ -74,10 +74,9 @@ class CifarResNet(nnx.Module):
     x = self.conv1(x)
     x = nnx.relu(self.bn1(x, use_running_average=not train))
     self.sow(nnx.Intermediate, 'stem', x)
-    for i, stage in enumerate((self.layer1, self.layer2, self.layer3)):
-      for block in stage:
-        x = block(x, train=train)
-      self.sow(nnx.Intermediate, f'stage{i + 1}', x)
+    x = layers.run_stages(
+      self, (self.layer1, self.layer2, self.layer3), x, train=train
+    )
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.fc(x)

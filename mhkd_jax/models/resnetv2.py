@@ -110,10 +110,7 @@ class ResNetV2(nnx.Module):
     x = nnx.relu(self.bn1(x, use_running_average=not train))
     self.sow(nnx.Intermediate, 'stem', x)
     stages = (self.layer1, self.layer2, self.layer3, self.layer4)
-    for i, stage in enumerate(stages):
-      for blk in stage:
-        x = blk(x, train=train)
-      self.sow(nnx.Intermediate, f'stage{i + 1}', x)
+    x = layers.run_stages(self, stages, x, train=train)
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.linear(x)

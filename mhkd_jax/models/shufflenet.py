@@ -103,10 +103,9 @@ class ShuffleNetV1(nnx.Module):
     x = self.conv1(x)
     x = nnx.relu(self.bn1(x, use_running_average=not train))
     self.sow(nnx.Intermediate, 'stem', x)
-    for i, stage in enumerate((self.layer1, self.layer2, self.layer3)):
-      for block in stage:
-        x = block(x, train=train)
-      self.sow(nnx.Intermediate, f'stage{i + 1}', x)
+    x = layers.run_stages(
+      self, (self.layer1, self.layer2, self.layer3), x, train=train
+    )
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.linear(x)
@@ -201,10 +200,9 @@ class ShuffleNetV2(nnx.Module):
     frozen = not train
     x = nnx.relu(self.bn1(self.conv1(x), use_running_average=frozen))
     self.sow(nnx.Intermediate, 'stem', x)
-    for i, stage in enumerate((self.layer1, self.layer2, self.layer3)):
-      for block in stage:
-        x = block(x, train=train)
-      self.sow(nnx.Intermediate, f'stage{i + 1}', x)
+    x = layers.run_stages(
+      self, (self.layer1, self.layer2, self.layer3), x, train=train
+    )
     x = nnx.relu(self.bn2(self.conv2(x), use_running_average=frozen))
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)
