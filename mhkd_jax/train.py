@@ -155,6 +155,46 @@ def _mean_metrics(history: list[dict]) -> dict:
   }
 
 
+def _load_teacher(config, method, num_classes):
+  """The frozen teacher role, or None for methods that need none."""
+  if not method.NEEDS_TEACHER:
+    return None
+  if not config.teacher.init:
+    raise ValueError(
+      f'Method {config.method!r} needs a teacher: set '
+      '--config.teacher.init to a teacher checkpoint or the workdir of a '
+      'teacher run.'
+    )
+  return checkpointing.load_teacher(
+    config.teacher.init, model_name=config.teacher.model or None,
+    num_classes=num_classes,
+  )
+
+
+def _restore_latest(checkpointer, params, rest, opt_state, base_key):
+  """The latest checkpoint's state if there is one, else the fresh one.
+
+  Returns (params, rest, opt_state, start_step, base_key); restored arrays
+  take the shardings of the fresh ones.
+  """
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return params, rest, opt_state, 0, base_key
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    {'params': params, 'rest': rest, 'opt_state': opt_state},
+  )
+  abstract['step'] = 0
+  abstract['rng'] = jax.ShapeDtypeStruct(base_key.shape, base_key.dtype)
+  restored = checkpointer.restore(latest, abstract)
+  start_step = int(restored['step'])
+  logging.info('Resumed from %s at step %d.', checkpointer.directory,
+               start_step)
+  # A host copy of the key: it is then placed like a fresh run's.
+  return (restored['params'], restored['rest'], restored['opt_state'],
+          start_step, np.asarray(restored['rng']))
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates one run; resumes from ``workdir`` if it can.
 
@@ -184,18 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     num_train_steps,
   )
 
-  teacher = None
-  if method.NEEDS_TEACHER:
-    if not config.teacher.init:
-      raise ValueError(
-        f'Method {config.method!r} needs a teacher: set '
-        '--config.teacher.init to a teacher checkpoint or the workdir of a '
-        'teacher run.'
-      )
-    teacher = checkpointing.load_teacher(
-      config.teacher.init, model_name=config.teacher.model or None,
-      num_classes=info.num_classes,
-    )
+  teacher = _load_teacher(config, method, info.num_classes)
 
   trainable = method.create_trainable(
     config, teacher=teacher, num_classes=info.num_classes,
@@ -224,22 +253,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer = checkpointing.TrainCheckpointer(
     workdir, max_to_keep=config.checkpoint.max_to_keep
   )
-  start_step = 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      {'params': params, 'rest': rest, 'opt_state': opt_state},
-    )
-    abstract['step'] = 0
-    abstract['rng'] = jax.ShapeDtypeStruct(base_key.shape, base_key.dtype)
-    restored = checkpointer.restore(latest, abstract)
-    params, rest = restored['params'], restored['rest']
-    opt_state, start_step = restored['opt_state'], int(restored['step'])
-    # A host copy: the keys are then placed like a fresh run's.
-    base_key = np.asarray(restored['rng'])
-    logging.info('Resumed from %s at step %d.', checkpointer.directory,
-                 start_step)
+  params, rest, opt_state, start_step, base_key = _restore_latest(
+    checkpointer, params, rest, opt_state, base_key
+  )
   data_rng, train_rng = jax.random.split(jax.random.wrap_key_data(base_key))
 
   input_spec = step_lib.InputSpec(
