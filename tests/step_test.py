@@ -171,3 +171,56 @@ def test_learning_rate_follows_repdistiller_epochs():
     for i in range(steps_per_epoch):
       step = (epoch - 1) * steps_per_epoch + i
       assert float(lr(step)) == pytest.approx(repdistiller(epoch), rel=1e-6)
+
+
+def test_eval_reads_cached_frozen_teacher_outputs_like_running_it():
+  config = _config('pretrain')
+  config.eval_batch_size = 16
+  mesh = parallel.create_mesh(8)
+  teacher = _teacher(config)
+  trainable = get_method('mhkd').create_trainable(
+    config, teacher=teacher, num_classes=NUM_CLASSES,
+    input_shape=(1, 32, 32, 3), rngs=nnx.Rngs(0),
+  )
+  graphdef, params, rest = step_lib.split_trainable(trainable)
+  t_graphdef, t_state = nnx.split(teacher)
+  images, labels = _data()
+  mask = np.ones((NUM_EXAMPLES,), bool)
+  mask[-5:] = False  # padding rows must not count either way
+  params, rest, t_state, images_d, labels_d, mask_d = parallel.replicate(
+    (params, rest, t_state, images, labels, mask), mesh
+  )
+  eval_step = step_lib.create_eval_step(
+    graphdef=graphdef, teacher_graphdef=t_graphdef, config=config,
+    mesh=mesh, input_spec=INPUT_SPEC,
+    head_pairs=(('stage1', 'stage1'), ('stage2', 'stage2')),
+  )
+  teacher_eval_step = step_lib.create_teacher_eval_step(
+    teacher_graphdef=t_graphdef, config=config, mesh=mesh,
+    input_spec=INPUT_SPEC,
+  )
+  num_batches = NUM_EXAMPLES // config.eval_batch_size
+  cached = train.frozen_teacher_logits(
+    teacher_eval_step, t_state, images_d, num_batches, mesh
+  )
+  assert sorted(cached) == [
+    'teacher_acc', 'teacher_acc/stage1', 'teacher_acc/stage2'
+  ]
+  # Row i is the teacher's eval-mode output on example i.
+  x = (images.astype(np.float32) / 255.0 - 0.5) / 0.25
+  np.testing.assert_allclose(
+    np.asarray(cached['teacher_acc']),
+    np.asarray(teacher.model(jnp.asarray(x), train=False)),
+    rtol=1e-5, atol=1e-5,
+  )
+  arrays = (images_d, labels_d, mask_d)
+  running = train.evaluate(
+    eval_step, params, rest, t_state, None, arrays, num_batches
+  )
+  reading = train.evaluate(
+    eval_step, params, rest, t_state, cached, arrays, num_batches
+  )
+  assert reading == running
+  for key in ('eval/teacher_acc/stage1', 'eval/agree_top1',
+              'eval/agree_top1/stage2', 'eval/acc/stage1'):
+    assert key in reading
