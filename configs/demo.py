@@ -25,21 +25,23 @@ Expected result (2-core AVX2 CPU, jaxlib 0.10.2, seed 0, test split of
 1,000 digits, last epoch; bit-identical in two runs):
 
   run            test acc  acc stage1/2  agree top-1  agree stage1/2  wall
-  teacher          95.8                                                89 s
-  teacher_heads    95.8    47.6 / 90.0                                 30 s
-  ce               88.7                                                29 s
-  kd               94.0                    95.7                        50 s
-  mhkd             93.8    30.4 / 77.9     95.3         61.9 / 84.7    66 s
+  teacher          95.8                                                74 s
+  teacher_heads    95.8    47.6 / 90.0                                 24 s
+  ce               88.7                                                28 s
+  kd               94.0                    95.7                        37 s
+  mhkd             93.8    30.4 / 77.9     95.3         61.9 / 84.7    47 s
 
-Whole command: 4 min 32 s wall (4 min 39 s in a second run) while other
-jobs held about one of the two cores; 270 s of it in the five runs,
-compiles included. The figures change with the summation order of XLA's
-CPU convolutions (mhkd_jax/step.py picks the library): with XLA's default
-library the same config gave teacher 96.4, ce 90.9, kd 93.9, mhkd 94.1.
+Whole command: 3 min 42 s wall on an otherwise idle machine (4 min 32 s
+before the teacher's eval outputs were cached, with other jobs holding
+about one core); 219 s of it in the five runs, compiles included. The
+figures change with the summation order of XLA's CPU convolutions
+(mhkd_jax/step.py picks the library): with XLA's default library the same
+config gave teacher 96.4, ce 90.9, kd 93.9, mhkd 94.1.
 
 Seeds (student seeds 0-3, one teacher, same code): ce 88.8 +- 1.6,
-kd 93.7 +- 0.4, mhkd 94.5 +- 0.6 (mean +- std). Both distilled students
-beat vanilla CE by about 5 points in every seed, far beyond the seed noise.
+kd 93.7 +- 0.4, mhkd 94.5 +- 0.5 (mean +- std; bf16 runs beside them in
+experiments/results/demo_variants.md). Both distilled students beat
+vanilla CE by about 5 points in every seed, far beyond the seed noise.
 MHKD minus KD was -0.2, +1.1, +1.2, +1.3 (and -0.3..+0.7 with the other
 convolution library): not separable from the noise at this scale. The
 teacher's stage1 head is weak (48%) and the student's heads mostly learn to
