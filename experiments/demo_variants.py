@@ -49,14 +49,11 @@ def _parse_args(argv):
 
 def variant_config(variant: str, method: str, seed: int, workdir: str):
   """The demo config of one student run under ``variant``."""
-  from configs import demo as demo_config
+  from mhkd_jax import demo
 
-  config = demo_config.get_config(method)
+  # The demo's own config, teachers read from this study's workdir.
+  config = demo.demo_configs(workdir)[method]
   config.seed = seed
-  if config.teacher.init:
-    config.teacher.init = os.path.join(workdir, 'teacher')
-  if method == 'mhkd':
-    config.teacher.init = os.path.join(workdir, 'teacher_heads')
   if variant == 'bfloat16':
     config.compute_dtype = 'bfloat16'
   elif variant == 'dih':
@@ -72,17 +69,13 @@ def variant_config(variant: str, method: str, seed: int, workdir: str):
 
 def _teacher_runs(workdir: str, variants) -> dict:
   """The demo's teacher runs (and dih teacher heads if a variant needs)."""
-  from configs import demo as demo_config
+  from mhkd_jax import demo
 
-  runs = {}
-  teacher = demo_config.get_config('teacher')
-  runs['teacher'] = teacher
-  heads = demo_config.get_config('teacher_heads')
-  heads.teacher.init = os.path.join(workdir, 'teacher')
-  runs['teacher_heads'] = heads
+  configs = demo.demo_configs(workdir)
+  runs = {'teacher': configs['teacher'],
+          'teacher_heads': configs['teacher_heads']}
   if 'dih' in variants:
-    dih = demo_config.get_config('teacher_heads')
-    dih.teacher.init = os.path.join(workdir, 'teacher')
+    dih = demo.demo_configs(workdir)['teacher_heads']
     dih.mhkd.head = 'dih'
     dih.mhkd.head_width = None
     runs['teacher_heads_dih'] = dih

@@ -173,6 +173,14 @@ def _eval_batch(a, index, batch_size, batch_sharding):
   )
 
 
+def _named_teacher_outputs(logits, head_logits) -> dict:
+  """Teacher logits under the eval metric names they are scored as."""
+  outputs = {'teacher_acc': logits}
+  for stage, stage_logits in (head_logits or {}).items():
+    outputs[f'teacher_acc/{stage}'] = stage_logits
+  return outputs
+
+
 def create_teacher_eval_step(
   *,
   teacher_graphdef: nnx.GraphDef,
@@ -198,10 +206,7 @@ def create_teacher_eval_step(
       input_spec.mean, input_spec.std,
     )
     t_out = teacher_forward(nnx.merge(teacher_graphdef, teacher_state), x)
-    outputs = {'teacher_acc': t_out.logits}
-    for stage, logits in (t_out.head_logits or {}).items():
-      outputs[f'teacher_acc/{stage}'] = logits
-    return outputs
+    return _named_teacher_outputs(t_out.logits, t_out.head_logits)
 
   return jax.jit(teacher_eval_step, compiler_options=compiler_options(mesh))
 
@@ -248,12 +253,10 @@ def create_eval_step(
     elif teacher_graphdef is not None:
       teacher = nnx.merge(teacher_graphdef, teacher_state)
       t_out = teacher_forward(teacher, x)
-      outputs['teacher_acc'] = t_out.logits
       t_heads = t_out.head_logits
       if trainable.teacher_heads is not None:
         t_heads = trainable.teacher_heads(t_out.feats, train=False)
-      for stage, logits in (t_heads or {}).items():
-        outputs[f'teacher_acc/{stage}'] = logits
+      outputs.update(_named_teacher_outputs(t_out.logits, t_heads))
     sums = {
       name: jnp.sum((jnp.argmax(logits, -1) == y) * m)
       for name, logits in outputs.items()
