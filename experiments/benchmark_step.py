@@ -4,14 +4,17 @@
   python -m experiments.benchmark_step --method mhkd --head light \\
       --steps 20 --no-torch
 
-The JAX step is the real one (``mhkd_jax.step.create_train_step``: batch
-gather from the resident split, crop/flip, normalisation, frozen teacher,
-student + heads + loss under one ``value_and_grad``, SGD), compiled once
-(compile time reported apart), then timed step by step with
-``block_until_ready``. The PyTorch step is
-``experiments/pytorch_baseline/train_step.py`` (RepDistiller semantics) on a
-batch that is already normalised (its data loading is not timed, while the
-JAX step's gather and augmentation are). Both run in one process, in
+The JAX step is the real one, built as ``train_and_evaluate`` builds it
+(``train_state.create_train_state``, ``data.inputs.DeviceResidentInput``
+and ``step.create_train_step``): the input's program takes the batch from
+the resident split, crops, flips and normalises it; the train step runs
+the frozen teacher, student + heads + loss under one ``value_and_grad``
+and SGD. Both are timed together, step by step with ``block_until_ready``
+(the train step's compile time is reported apart).
+``--also-fused-input`` also times both programs fused into one. The PyTorch
+step is ``experiments/pytorch_baseline/train_step.py`` (RepDistiller
+semantics) on a batch that is already normalised (its data loading is not
+timed, while the JAX input's gather and augmentation are). Both run in one process, in
 alternating blocks of steps after a warm-up, so that machine load drifts
 hit both; only the ratio of one run is meaningful on a shared machine.
 
@@ -40,8 +43,6 @@ import statistics
 import sys
 import time
 
-TEACHER_HEAD_MODES = ('pretrain', 'online')
-
 
 def _parse_args(argv):
   p = argparse.ArgumentParser(
@@ -60,7 +61,7 @@ def _parse_args(argv):
     help="MHKD head kinds, comma-separated (default: 'dih,light')",
   )
   p.add_argument(
-    '--teacher-heads', default='pretrain', choices=TEACHER_HEAD_MODES,
+    '--teacher-heads', default='pretrain',
     help="MHKD teacher heads: frozen ('pretrain') or trained ('online')",
   )
   p.add_argument('--head-width', type=int, default=None)
@@ -103,6 +104,11 @@ def _parse_args(argv):
   p.add_argument(
     '--also-xla-defaults', action='store_true',
     help='also time the JAX step compiled with XLA defaults (before/after)',
+  )
+  p.add_argument(
+    '--also-fused-input', action='store_true',
+    help='also time the input program and the train step fused into one '
+    'jitted program (the design before the input seam)',
   )
   p.add_argument(
     '--also-bfloat16', action='store_true',
@@ -155,7 +161,7 @@ def _cpu_model() -> str:
 
 
 def _jax_config(args, method, head):
-  from configs import default
+  from mhkd_jax.configs import default
 
   config = default.get_config()
   config.method = method
@@ -165,29 +171,44 @@ def _jax_config(args, method, head):
   if head is not None:
     config.mhkd.head = head
     config.mhkd.head_width = args.head_width
-    config.mhkd.teacher_heads = args.teacher_heads
+    config.mhkd.teacher_head_mode = args.teacher_heads
   return config
 
 
 class JaxBench:
-  """The project's train step, compiled, on a resident synthetic split."""
+  """The project's input and train step, compiled, on a synthetic split.
+
+  ``xla_defaults``: compile without ``step.compiler_options`` (XLA's own
+  CPU library choices). ``fused_input``: one jitted program for the
+  input's gather/augment and the train step instead of two.
+  """
 
   def __init__(self, args, method_name, head, num_examples,
-               xla_defaults=False, dtype=None):
+               xla_defaults=False, dtype=None, fused_input=False):
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from mhkd_jax import heads, parallel, precision, step as step_lib, train
-    from mhkd_jax.distill import get_method
-    from mhkd_jax.distill.base import Teacher
+    from mhkd_jax import distill, heads, parallel, step as step_lib
+    from mhkd_jax import train_state as train_state_lib
+    from mhkd_jax.data import datasets, inputs
+    from mhkd_jax.distill.base import DataSpec, Teacher
+    from mhkd_jax.distill.mhkd import TEACHER_HEAD_MODES
     from mhkd_jax.models import create_model
 
+    if args.teacher_heads not in TEACHER_HEAD_MODES:
+      raise SystemExit(f'--teacher-heads={args.teacher_heads!r}; valid: '
+                       f'{", ".join(TEACHER_HEAD_MODES)}.')
     self.jax = jax
     config = _jax_config(args, method_name, head)
-    method = get_method(method_name)
-    input_shape = (1, 32, 32, 3)
+    # The training option config.compute_dtype, as a run would set it.
+    self.dtype = config.compute_dtype = dtype or args.dtype
+    method = distill.create_method(config)
+    data = DataSpec(
+      num_classes=args.num_classes, example_shape=(32, 32, 3),
+      num_train_examples=num_examples,
+      steps_per_epoch=num_examples // args.batch,
+    )
     t_model = create_model(
       args.teacher, num_classes=args.num_classes, rngs=nnx.Rngs(1)
     )
@@ -195,54 +216,56 @@ class JaxBench:
     if method_name == 'mhkd' and args.teacher_heads == 'pretrain':
       t_heads = heads.create_heads(
         head, t_model, None, num_classes=args.num_classes,
-        input_shape=input_shape, width=args.head_width, rngs=nnx.Rngs(2),
+        input_shape=data.input_shape, width=args.head_width,
+        rngs=nnx.Rngs(2),
       )
     teacher = Teacher(t_model, t_heads, name=args.teacher)
-    trainable = method.create_trainable(
-      config, teacher=teacher, num_classes=args.num_classes,
-      input_shape=input_shape, rngs=nnx.Rngs(0),
-    )
-    # The training option config.compute_dtype does the same.
-    self.dtype = dtype or args.dtype
-    dtype = precision.compute_dtype(self.dtype)
-    precision.set_compute_dtype(trainable, dtype)
-    precision.set_compute_dtype(teacher, dtype)
     mesh = parallel.create_mesh(1)
-    self.steps_per_epoch = num_examples // args.batch
-    graphdef, params, rest = step_lib.split_trainable(trainable)
-    tx = train.create_optimizer(config, self.steps_per_epoch)
-    opt_state = tx.init(params)
-    t_graphdef, t_state = nnx.split(teacher)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, args.num_classes, (num_examples,)).astype(
-      np.int32
+    self.state, graphdef, tx = train_state_lib.create_train_state(
+      config, method, teacher=teacher, data=data, mesh=mesh
     )
-    (self.params, self.rest, self.opt_state, self.t_state, self.images,
-     self.labels) = parallel.replicate(
-      (params, rest, opt_state, t_state, images, labels), mesh
+    t_graphdef, self.t_state = train_state_lib.place_teacher(
+      teacher, config, mesh
     )
-    self.perm = jnp.arange(num_examples, dtype=jnp.int32)
-    self.key = jax.random.key(0)
-    self.num_params = sum(x.size for x in jax.tree.leaves(params))
-    saved = step_lib.CPU_COMPILER_OPTIONS
-    if xla_defaults:  # the step as XLA compiles it without our options
-      step_lib.CPU_COMPILER_OPTIONS = None
-    try:
-      self.compiler_options = step_lib.compiler_options(mesh)
-      step = step_lib.create_train_step(
-        graphdef=graphdef, teacher_graphdef=t_graphdef, method=method,
-        config=config, tx=tx, mesh=mesh,
-        input_spec=step_lib.InputSpec(
-          mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
-          crop_padding=4, random_flip=True,
-        ),
+    self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+    self.compiler_options = (
+      None if xla_defaults else step_lib.compiler_options(mesh)
+    )
+    def create_step(compiler_options):
+      return step_lib.create_train_step(
+        method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
+        tx=tx, data=data, compiler_options=compiler_options,
       )
-    finally:
-      step_lib.CPU_COMPILER_OPTIONS = saved
-    self.i = 0
+
+    train_step = create_step(self.compiler_options)
+    rng = np.random.default_rng(0)
+    split = datasets.ArraySplit(
+      rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8),
+      rng.integers(0, args.num_classes, (num_examples,)).astype(np.int32),
+    )
+    cifar = datasets.dataset_info('cifar100')
+    preprocessing = inputs.Preprocessing(
+      mean=cifar.mean, std=cifar.std, crop_padding=4, random_flip=True
+    )
+    self.input = inputs.DeviceResidentInput(
+      split, preprocessing, batch_size=args.batch, mesh=mesh
+    )
+    self.fused_input = fused_input
+    if fused_input:
+      # Nested jits may not carry compiler options; the outer one does.
+      gather, separate_step = self.input.gather, create_step(None)
+
+      def fused(state, t_state, images, labels, order, position, rng):
+        batch = gather(images, labels, order, position, rng)
+        return separate_step(state, batch, t_state)
+
+      train_step = jax.jit(fused, donate_argnums=0,
+                           compiler_options=self.compiler_options)
+      self.args_iter = self._fused_args()
+    else:
+      self.args_iter = self._separate_args()
     start = time.perf_counter()
-    lowered = step.lower(*self._args())
+    lowered = train_step.lower(*next(self.args_iter))
     self.trace_s = time.perf_counter() - start
     start = time.perf_counter()
     self.compiled = lowered.compile()
@@ -250,9 +273,6 @@ class JaxBench:
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self.flops = float(cost.get('flops', float('nan'))) if cost else None
-    self.bytes_accessed = (
-      float(cost.get('bytes accessed', float('nan'))) if cost else None
-    )
     mem = self.compiled.memory_analysis()
     self.xla_buffers = None
     if mem is not None:
@@ -260,25 +280,25 @@ class JaxBench:
         mem.argument_size_in_bytes + mem.output_size_in_bytes
         + mem.temp_size_in_bytes - mem.alias_size_in_bytes
       )
-      self.xla_temp = mem.temp_size_in_bytes
 
-  def _args(self):
+  def _separate_args(self):
+    for batch in self.input.batches(0, self.jax.random.key(0)):
+      yield self.state, batch, self.t_state
+
+  def _fused_args(self):
+    # What DeviceResidentInput.batches feeds its gather program.
     jnp = self.jax.numpy
-    position = jnp.int32(self.i % self.steps_per_epoch)
-    return (
-      self.params, self.rest, self.opt_state, self.t_state, self.images,
-      self.labels, self.perm, position, self.jax.random.fold_in(self.key,
-                                                                self.i),
-    )
+    for order, position, key in self.input._keyed_positions(  # noqa: SLF001
+      0, self.jax.random.key(0)
+    ):
+      yield (self.state, self.t_state, self.input.images, self.input.labels,
+             order, jnp.int32(position), key)
 
   def step(self) -> float:
-    args = self._args()
     start = time.perf_counter()
-    self.params, self.rest, self.opt_state, metrics = self.compiled(*args)
-    self.jax.block_until_ready((self.params, self.rest, self.opt_state,
-                                metrics))
+    self.state, metrics = self.compiled(*next(self.args_iter))
+    self.jax.block_until_ready((self.state, metrics))
     elapsed = time.perf_counter() - start
-    self.i += 1
     self.last_loss = float(metrics['loss'])
     return elapsed
 
@@ -418,6 +438,11 @@ def run_case(args, method_name, head, use_torch, torch_threads):
     benches['jax-xla-defaults'] = JaxBench(
       args, method_name, head, num_examples, xla_defaults=True
     )
+  if args.also_fused_input:
+    benches['jax-fused-input'] = JaxBench(
+      args, method_name, head, num_examples,
+      xla_defaults=args.xla_default_cpu_libraries, fused_input=True,
+    )
   if args.also_bfloat16:
     benches['jax-bfloat16'] = JaxBench(
       args, method_name, head, num_examples,
@@ -494,6 +519,11 @@ def run_case(args, method_name, head, use_torch, torch_threads):
       'median_s']
     print(f'{label:44s} speed-up of CPU_COMPILER_OPTIONS = {speedup:.2f}x',
           flush=True)
+  if 'jax-fused-input' in by_name:
+    speedup = by_name['jax']['median_s'] / by_name['jax-fused-input'][
+      'median_s']
+    print(f'{label:44s} speed-up of fusing input and step = {speedup:.2f}x',
+          flush=True)
   if 'jax-bfloat16' in by_name:
     speedup = by_name['jax']['median_s'] / by_name['jax-bfloat16'][
       'median_s']
@@ -536,10 +566,8 @@ def main(argv=None):
     else:
       raise SystemExit(f'--method {m!r}: valid methods are kd, mhkd.')
 
-  from mhkd_jax import step as step_lib
+  from mhkd_jax import parallel, step as step_lib
 
-  if args.xla_default_cpu_libraries:
-    step_lib.CPU_COMPILER_OPTIONS = None
   device = jax.devices()[0]
   header = {
     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -552,7 +580,8 @@ def main(argv=None):
     'torch': torch_version,
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'step_compiler_options': (
-      step_lib.CPU_COMPILER_OPTIONS if device.platform == 'cpu' else None
+      None if args.xla_default_cpu_libraries
+      else step_lib.compiler_options(parallel.create_mesh(1))
     ),
   }
   print(

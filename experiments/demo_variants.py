@@ -13,7 +13,7 @@ and seed the student runs:
             heads and the frozen teacher compute in bf16; parameters,
             statistics and losses stay float32)
   dih       mhkd with 'dih' heads at their default width on both networks
-            (teacher 'dih' heads fitted once by a teacher_heads run)
+            (teacher 'dih' heads fitted once by a fit_teacher_heads run)
 
 Each run lives in WORKDIR/<variant>/<method>_seed<k> and is reused when
 re-run. Prints a markdown table (mean +- std of the last-epoch test
@@ -59,7 +59,7 @@ def variant_config(variant: str, method: str, seed: int, workdir: str):
   elif variant == 'dih':
     config.mhkd.head = 'dih'
     config.mhkd.head_width = None
-    config.teacher.init = os.path.join(workdir, 'teacher_heads_dih')
+    config.teacher.init = os.path.join(workdir, 'fit_teacher_heads_dih')
   elif variant != 'float32':
     raise SystemExit(
       f'Unknown variant {variant!r}; valid: {", ".join(VARIANTS)}.'
@@ -73,12 +73,12 @@ def _teacher_runs(workdir: str, variants) -> dict:
 
   configs = demo.demo_configs(workdir)
   runs = {'teacher': configs['teacher'],
-          'teacher_heads': configs['teacher_heads']}
+          'fit_teacher_heads': configs['fit_teacher_heads']}
   if 'dih' in variants:
-    dih = demo.demo_configs(workdir)['teacher_heads']
-    dih.mhkd.head = 'dih'
-    dih.mhkd.head_width = None
-    runs['teacher_heads_dih'] = dih
+    dih = demo.demo_configs(workdir)['fit_teacher_heads']
+    dih.fit_teacher_heads.head = 'dih'
+    dih.fit_teacher_heads.head_width = None
+    runs['fit_teacher_heads_dih'] = dih
   return runs
 
 

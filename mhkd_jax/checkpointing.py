@@ -1,9 +1,11 @@
 """Everything saved goes through orbax: training checkpoints and teachers.
 
-Training checkpoints (``workdir/checkpoints``) hold the trainable modules'
-state, the optimizer state, the step and the base RNG key; the data
-position is the step (epoch permutations are a function of the step), so a
-resumed run replays exactly what an uninterrupted run would have seen.
+Training checkpoints (``workdir/checkpoints``) hold the train state
+(``mhkd_jax.train_state``: parameters, buffers such as BatchNorm
+statistics and method state, optimizer state, step and the run's RNG key);
+the data position is the step (an input's batch k is a function of the
+run's key and k), so a resumed run replays exactly what an uninterrupted
+run would have seen.
 
 A *teacher checkpoint* is a directory with ``teacher.json`` (architecture,
 classes and, if any, the heads' spec) and ``state/`` (the model's and the
@@ -27,6 +29,8 @@ from mhkd_jax.models import create_model
 
 TEACHER_META = 'teacher.json'
 EXPORT_DIR = 'export'
+# Teachers saved before the input shape was recorded were CIFAR-shaped.
+DEFAULT_INPUT_SHAPE = (1, 32, 32, 3)
 # What a teacher checkpoint holds: every variable but activations a direct
 # model call may have sown (nnx.Intermediate), which are not weights.
 _SAVED = nnx.Not(nnx.Intermediate)
@@ -81,6 +85,10 @@ class TrainCheckpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, tree) -> None:
+    """Saves ``tree`` as ``step`` (once: a second save of a step is a
+    no-op, e.g. the last periodic checkpoint followed by a preemption)."""
+    if step in self._manager.all_steps():
+      return
     self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
 
   def restore(self, step: int, abstract_tree):
@@ -104,8 +112,13 @@ def save_teacher(
   *,
   model_name: str,
   num_classes: int,
+  input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
 ) -> None:
-  """Writes ``model`` (and ``heads``) as a teacher checkpoint."""
+  """Writes ``model`` (and ``heads``) as a teacher checkpoint.
+
+  ``input_shape`` (NHWC, batch 1) is the input the model was trained on;
+  the heads are rebuilt for it when the checkpoint is loaded.
+  """
   directory = os.path.abspath(directory)
   tree = {'model': to_pure(nnx.state(model, _SAVED))}
   if heads is not None:
@@ -119,6 +132,7 @@ def save_teacher(
     'model': model_name,
     'num_classes': num_classes,
     'heads': heads.spec.to_json() if heads is not None else None,
+    'input_shape': list(input_shape),
   }
   if jax.process_index() == 0:
     with open(os.path.join(directory, TEACHER_META), 'w') as f:
@@ -171,6 +185,7 @@ def load_teacher(
   *,
   model_name: str | None = None,
   num_classes: int | None = None,
+  input_shape: tuple[int, ...] | None = None,
 ) -> Teacher:
   """Loads a teacher checkpoint as a frozen ``Teacher`` role.
 
@@ -179,6 +194,8 @@ def load_teacher(
     model_name: the architecture the config expects (None: take the
       checkpoint's own).
     num_classes: the classes the data set has (None: the checkpoint's).
+    input_shape: the NHWC input the run feeds (None: the checkpoint's);
+      heads are rebuilt for it.
   """
   directory = resolve_teacher_dir(path)
   with open(os.path.join(directory, TEACHER_META)) as f:
@@ -207,7 +224,9 @@ def load_teacher(
     spec = heads_lib.HeadsSpec.from_json(meta['heads'])
     heads = heads_lib.create_heads(
       spec.kind, model, spec.stages, num_classes=meta['num_classes'],
-      input_shape=(1, 32, 32, 3), width=spec.width, rngs=rngs,
+      input_shape=tuple(
+        input_shape or meta.get('input_shape', DEFAULT_INPUT_SHAPE)
+      ), width=spec.width, rngs=rngs,
     )
   abstract = {'model': to_pure(nnx.state(model, _SAVED))}
   if heads is not None:

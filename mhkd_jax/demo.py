@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from configs import demo as demo_config
+from mhkd_jax.configs import demo as demo_config
 
 # A run's record next to its results.json: the config it ran with (so that
 # a finished run is reused only for the same experiment) and its wall time.
@@ -30,7 +30,7 @@ CURVES_PNG = 'learning_curves.png'
 STUDENTS = ('ce', 'kd', 'mhkd')
 _LABELS = {
   'teacher': 'teacher (CE)',
-  'teacher_heads': 'teacher + fitted heads',
+  'fit_teacher_heads': 'teacher + fitted heads',
   'ce': 'student, vanilla CE',
   'kd': 'student, KD',
   'mhkd': 'student, MHKD',
@@ -59,7 +59,7 @@ def demo_configs(
   for run in demo_config.RUNS:
     config = demo_config.get_config(run, smoke=smoke)
     if run == 'mhkd':
-      config.teacher.init = os.path.join(workdir, 'teacher_heads')
+      config.teacher.init = os.path.join(workdir, 'fit_teacher_heads')
     elif config.teacher.init:
       config.teacher.init = os.path.join(workdir, 'teacher')
     if data_dir is not None:
@@ -189,12 +189,14 @@ def _stages(finished: dict) -> list[str]:
 
 
 def _row(run: str, entry: dict, config, stages: Sequence[str]) -> list[str]:
-  """One table row. The teacher_heads row describes the teacher network
-  with its fitted heads, so its accuracy columns hold the teacher's."""
+  """One table row. The fit_teacher_heads row describes the teacher
+  network with its fitted heads, so its accuracy columns hold the
+  teacher's."""
   final = entry['results'].get('final', {})
   results = entry['results']
-  if run == 'teacher_heads':
-    network = f'{results["teacher"]} + {config.mhkd.head} heads'
+  if run == 'fit_teacher_heads':
+    kind = config.fit_teacher_heads.head
+    network = f'{results["teacher"]} + {kind} heads'
     acc = final.get('eval/teacher_acc')
     heads = [final.get(f'eval/teacher_acc/{s}') for s in stages]
     teacher_acc = None

@@ -11,11 +11,22 @@ import jax
 import jax.numpy as jnp
 
 
+def _label_log_probs(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """log softmax(logits)[label], float32 [B, 1]."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)
+
+
+def negative_log_likelihood(
+  logits: jax.Array, labels: jax.Array
+) -> jax.Array:
+  """Per-example softmax cross-entropy against integer labels: [B]."""
+  return -_label_log_probs(logits, labels)[:, 0]
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy against integer labels."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)
-  return -jnp.mean(picked)
+  return -jnp.mean(_label_log_probs(logits, labels))
 
 
 def kd_loss(
@@ -37,11 +48,21 @@ def kd_loss(
   return jnp.mean(kl) * t * t
 
 
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per example: whether the top-1 prediction is the label (bool [B])."""
+  return jnp.argmax(logits, -1) == labels
+
+
+def agrees(a_logits: jax.Array, b_logits: jax.Array) -> jax.Array:
+  """Per example: whether two classifiers' top-1 classes agree (bool [B])."""
+  return jnp.argmax(a_logits, -1) == jnp.argmax(b_logits, -1)
+
+
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Fraction of top-1 predictions equal to the label."""
-  return jnp.mean(jnp.argmax(logits, -1) == labels)
+  return jnp.mean(correct(logits, labels))
 
 
 def top1_agreement(a_logits: jax.Array, b_logits: jax.Array) -> jax.Array:
   """Fraction of examples on which two classifiers' top-1 classes agree."""
-  return jnp.mean(jnp.argmax(a_logits, -1) == jnp.argmax(b_logits, -1))
+  return jnp.mean(agrees(a_logits, b_logits))

@@ -50,10 +50,33 @@ def replicate(tree, mesh: Mesh):
   return jax.tree.map(put, tree)
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray:
+  """The rows of a global batch that this process's devices hold, sorted.
+
+  A host-fed input reads and sends only these; with one process they are
+  all rows.
+  """
+  index_map = sharding.addressable_devices_indices_map((batch_size,))
+  rows = set()
+  for index in index_map.values():
+    rows.update(range(*index[0].indices(batch_size)))
+  return np.asarray(sorted(rows), np.int64)
+
+
+def global_batch(
+  local: np.ndarray, sharding: NamedSharding, batch_size: int
+) -> jax.Array:
+  """This process's rows of a batch (``process_rows``) -> the global array."""
+  return jax.make_array_from_process_local_data(
+    sharding, local, (batch_size,) + local.shape[1:]
+  )
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, *, key: str) -> None:
+  """``config.<key>`` must split evenly over the data axis."""
   n = mesh.shape[DATA_AXIS]
-  if batch_size % n:
+  if batch_size <= 0 or batch_size % n:
     raise ValueError(
-      f'config.batch_size={batch_size} must be divisible by the {n} devices '
-      f'of the data mesh; use a multiple of {n}.'
+      f'config.{key}={batch_size} must be a positive multiple of the {n} '
+      f'devices of the data mesh; use a multiple of {n}.'
     )

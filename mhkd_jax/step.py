@@ -1,19 +1,18 @@
 """The pure train and eval steps that get jitted.
 
-One compiled program per step: gather the batch from the device-resident
-split, augment it, run the frozen teacher (and its frozen heads) once in
-eval mode, then the student, its heads and every loss term under one
-``value_and_grad``, and the SGD update. The graph is split once: the jitted
-functions take ``nnx.State`` pytrees and merge inside, so no per-step
-Python graph walk is paid. The teacher's state is an argument (a
+``train_step(state, batch, teacher_state) -> (state, metrics)``: the
+frozen teacher (and its frozen heads) once in eval mode, then the method's
+loss over the student, its heads and every other trainable part under one
+``value_and_grad``, and the optimizer update. The graph is split once: the
+jitted functions take ``nnx.State`` pytrees and merge inside, so no
+per-step Python graph walk is paid. The teacher's state is an argument (a
 closed-over array would become a compile-time constant) and never enters
-the optimizer.
+the optimizer. Batches come from an input (``mhkd_jax.data.inputs``); the
+step does not know which.
 """
 
-import dataclasses
 import functools
 from collections.abc import Callable
-from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +20,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mhkd_jax import features, losses, parallel
-from mhkd_jax.data import augment
+from mhkd_jax import features, losses, train_state
+from mhkd_jax.distill import base
 from mhkd_jax.distill.base import TeacherOutputs
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-  """How raw uint8 batches become model inputs."""
-
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  crop_padding: int
-  random_flip: bool
 
 
 # XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK unless the list of
@@ -52,10 +41,11 @@ class InputSpec:
 # and applies to the train and eval steps on CPU meshes only. This jaxlib
 # also knows xla_cpu_use_onednn and the oneDNN/XNNPACK fusion-type flags,
 # but with them the convolutions still went to YNNPACK (checked in the
-# compiled HLO) and the step time did not change. Set to None to compile
-# with XLA's defaults (experiments/benchmark_step.py --also-xla-defaults
-# measures the difference).
-CPU_COMPILER_OPTIONS: dict[str, str] | None = {
+# compiled HLO) and the step time did not change. The step constructors
+# take the options as an argument; passing None compiles with XLA's
+# defaults (experiments/benchmark_step.py --also-xla-defaults measures the
+# difference).
+CPU_COMPILER_OPTIONS: dict[str, str] = {
   'xla_cpu_experimental_ynn_fusion_type': (
     'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
   ),
@@ -75,20 +65,19 @@ def _accepted_by_xla(device: jax.Device, options: tuple) -> bool:
 
 
 def compiler_options(mesh: Mesh) -> dict[str, str] | None:
-  """Per-program XLA options for steps compiled for ``mesh``."""
+  """The XLA options the steps are compiled with on ``mesh`` by default:
+  ``CPU_COMPILER_OPTIONS`` on CPU meshes (if this jaxlib knows them), none
+  elsewhere. Callers pass the result (or None, for XLA's defaults) to the
+  step constructors."""
   devices = list(mesh.devices.flat)
-  if not CPU_COMPILER_OPTIONS or any(d.platform != 'cpu' for d in devices):
+  if any(d.platform != 'cpu' for d in devices):
     return None
   options = tuple(sorted(CPU_COMPILER_OPTIONS.items()))
   return dict(options) if _accepted_by_xla(devices[0], options) else None
 
 
-def split_trainable(trainable: nnx.Module):
-  """(graphdef, params, rest): only params are differentiated/optimised."""
-  return nnx.split(trainable, nnx.Param, ...)
 
-
-def teacher_forward(teacher, x) -> TeacherOutputs:
+def teacher_forward(teacher: base.Teacher, x: jax.Array) -> TeacherOutputs:
   """The frozen teacher in eval mode; every output stop-gradiented."""
   logits, feats = features.forward_with_features(
     teacher.model, x, train=False
@@ -99,186 +88,162 @@ def teacher_forward(teacher, x) -> TeacherOutputs:
   return jax.lax.stop_gradient(TeacherOutputs(logits, feats, head_logits))
 
 
+def named_teacher_outputs(teacher_out: TeacherOutputs) -> dict:
+  """The frozen teacher's logits under their output names: 'teacher' and
+  'teacher/<stage>' for each frozen head."""
+  outputs = {base.TEACHER: teacher_out.logits}
+  for stage, logits in (teacher_out.head_logits or {}).items():
+    outputs[f'{base.TEACHER}/{stage}'] = logits
+  return outputs
+
+
 def create_train_step(
   *,
+  method: base.Method,
   graphdef: nnx.GraphDef,
   teacher_graphdef: nnx.GraphDef | None,
-  method: ModuleType,
-  config,
   tx: optax.GradientTransformation,
-  mesh: Mesh,
-  input_spec: InputSpec,
+  data: base.DataSpec,
+  compiler_options: dict[str, str] | None,
 ) -> Callable:
-  """Returns the jitted ``train_step``.
+  """Returns the jitted ``train_step(state, batch, teacher_state)``.
 
-  ``train_step(params, rest, opt_state, teacher_state, images, labels,
-  perm, position, rng) -> (params, rest, opt_state, metrics)`` where
-  ``images``/``labels`` are the whole resident training split, ``perm``
-  the epoch's permutation and ``position`` the batch index in the epoch.
-  Params, rest and optimizer state are donated.
+  It returns ``(state, metrics)``: the state after one optimizer step and
+  ``{'loss': total, **terms, 'acc': train accuracy}``. The incoming state
+  is donated. ``compiler_options``: ``compiler_options(mesh)``, or None
+  for XLA's defaults.
   """
-  batch_size = config.batch_size
-  batch_sharding = parallel.data_sharded(mesh)
 
-  def train_step(
-    params, rest, opt_state, teacher_state, images, labels, perm, position,
-    rng,
-  ):
-    idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
-    # The batch is split over the 'data' axis; state stays replicated.
-    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-    batch_images = augment.random_crop_flip(
-      rng, images[idx], padding=input_spec.crop_padding,
-      flip=input_spec.random_flip,
-    )
-    x = augment.normalize(batch_images, input_spec.mean, input_spec.std)
-    y = labels[idx]
+  def train_step(state, batch, teacher_state):
     teacher_out = None
     if teacher_graphdef is not None:
       teacher = nnx.merge(teacher_graphdef, teacher_state)
-      teacher_out = teacher_forward(teacher, x)
+      teacher_out = teacher_forward(teacher, batch.images)
+    context = base.StepContext(
+      step=state.step, epoch=state.step // data.steps_per_epoch,
+      rng=train_state.method_rng(state.rng, state.step),
+      num_train_examples=data.num_train_examples,
+      steps_per_epoch=data.steps_per_epoch,
+    )
 
-    def loss_fn(params, rest):
+    def loss_fn(params, buffers):
       # copy=True makes fresh Variables in this (differentiated) trace:
-      # BatchNorm may only mutate its statistics from the trace that made
-      # them.
-      trainable = nnx.merge(graphdef, params, rest, copy=True)
-      total, terms, logits = method.compute_loss(
-        trainable, teacher_out, x, y, config
+      # BatchNorm and method state may only be mutated from the trace that
+      # made them.
+      trainable = nnx.merge(graphdef, params, buffers, copy=True)
+      total, terms, logits = method.loss(
+        trainable, teacher_out, batch, context
       )
-      _, _, new_rest = split_trainable(trainable)
-      return total, (terms, logits, new_rest)
+      _, _, new_buffers = train_state.split_trainable(trainable)
+      return total, (terms, logits, new_buffers)
 
-    (total, (terms, logits, new_rest)), grads = jax.value_and_grad(
+    (total, (terms, logits, buffers)), grads = jax.value_and_grad(
       loss_fn, has_aux=True
-    )(params, rest)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    )(state.params, state.buffers)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      buffers=buffers, opt_state=opt_state,
+    )
     metrics = {'loss': total, **terms}
     if logits is not None:
-      metrics['acc'] = losses.accuracy(logits, y)
-    return params, new_rest, opt_state, metrics
+      metrics['acc'] = losses.accuracy(logits, batch.labels)
+    return new_state, metrics
 
   return jax.jit(
-    train_step, donate_argnums=(0, 1, 2),
-    compiler_options=compiler_options(mesh),
+    train_step, donate_argnums=0, compiler_options=compiler_options
   )
 
 
-def _eval_batch(a, index, batch_size, batch_sharding):
-  """Rows ``[index * batch_size, (index + 1) * batch_size)``, sharded."""
-  return jax.lax.with_sharding_constraint(
-    jax.lax.dynamic_slice_in_dim(a, index * batch_size, batch_size),
-    batch_sharding,
-  )
+# --------------------------------------------------------------------------
+# Evaluation.
 
 
-def _named_teacher_outputs(logits, head_logits) -> dict:
-  """Teacher logits under the eval metric names they are scored as."""
-  outputs = {'teacher_acc': logits}
-  for stage, stage_logits in (head_logits or {}).items():
-    outputs[f'teacher_acc/{stage}'] = stage_logits
-  return outputs
+def accuracy_metric(output: str) -> str:
+  """The eval metric that scores an output: 'student' -> 'acc',
+  'student/stage1' -> 'acc/stage1', 'teacher/stage1' ->
+  'teacher_acc/stage1', any other role r -> 'r_acc[/...]'."""
+  role, sep, rest = output.partition('/')
+  name = 'acc' if role == base.STUDENT else f'{role}_acc'
+  return name + sep + rest
+
+
+def eval_sums(
+  outputs: dict[str, jax.Array],
+  labels: jax.Array,
+  mask: jax.Array,
+  pairs: dict[str, tuple[str, str]],
+) -> dict[str, jax.Array]:
+  """Sums over the unmasked rows of one batch (divide by ``count``): each
+  output's correct predictions, the student's NLL, each pair's top-1
+  agreement."""
+  weight = mask.astype(jnp.float32)
+  total = lambda per_example: jnp.sum(per_example * weight)
+  sums = {
+    accuracy_metric(name): total(losses.correct(logits, labels))
+    for name, logits in outputs.items()
+  }
+  if base.STUDENT in outputs:
+    sums['loss'] = total(
+      losses.negative_log_likelihood(outputs[base.STUDENT], labels)
+    )
+  for metric, (a, b) in pairs.items():
+    if a in outputs and b in outputs:
+      sums[metric] = total(losses.agrees(outputs[a], outputs[b]))
+  sums['count'] = jnp.sum(weight)
+  return sums
 
 
 def create_teacher_eval_step(
   *,
   teacher_graphdef: nnx.GraphDef,
-  config,
-  mesh: Mesh,
-  input_spec: InputSpec,
+  compiler_options: dict[str, str] | None,
 ) -> Callable:
-  """Returns the jitted ``teacher_eval_step(teacher_state, images, index)``.
+  """Returns the jitted ``teacher_eval_step(teacher_state, batch)``.
 
-  It gives the frozen teacher's logits, and its frozen heads' (keys
-  ``teacher_acc`` and ``teacher_acc/<stage>``), on batch ``index`` of the
-  padded test split. They never change during a run, so the loop computes
-  them once and the eval step reads them instead of re-running the
-  teacher every epoch (for resnet32x4 -> resnet8x4 that forward is ~85%
-  of an eval pass's FLOPs).
+  It gives the frozen teacher's named logits (``named_teacher_outputs``)
+  on one eval batch. They never change during a run, so the loop computes
+  them once per eval batch and the eval step reads them instead of
+  re-running the teacher every epoch (for resnet32x4 -> resnet8x4 that
+  forward is ~85% of an eval pass's FLOPs).
   """
-  batch_size = config.eval_batch_size
-  batch_sharding = parallel.data_sharded(mesh)
 
-  def teacher_eval_step(teacher_state, images, index):
-    x = augment.normalize(
-      _eval_batch(images, index, batch_size, batch_sharding),
-      input_spec.mean, input_spec.std,
-    )
-    t_out = teacher_forward(nnx.merge(teacher_graphdef, teacher_state), x)
-    return _named_teacher_outputs(t_out.logits, t_out.head_logits)
+  def teacher_eval_step(teacher_state, batch):
+    teacher = nnx.merge(teacher_graphdef, teacher_state)
+    return named_teacher_outputs(teacher_forward(teacher, batch.images))
 
-  return jax.jit(teacher_eval_step, compiler_options=compiler_options(mesh))
+  return jax.jit(teacher_eval_step, compiler_options=compiler_options)
 
 
 def create_eval_step(
   *,
+  method: base.Method,
   graphdef: nnx.GraphDef,
   teacher_graphdef: nnx.GraphDef | None,
-  config,
-  mesh: Mesh,
-  input_spec: InputSpec,
-  head_pairs: tuple[tuple[str, str], ...],
+  compiler_options: dict[str, str] | None,
 ) -> Callable:
-  """Returns the jitted ``eval_step``: sums of correct predictions.
+  """Returns the jitted ``eval_step(state, teacher_state, batch,
+  teacher_logits)``: ``eval_sums`` of one padded eval batch.
 
-  ``eval_step(params, rest, teacher_state, teacher_logits, images, labels,
-  mask, index)`` evaluates batch ``index`` of the padded, resident test
-  split and returns sums (divide by ``count``) for the student, each
-  student head, the teacher, each teacher head, and the teacher-student
-  top-1 agreement of the final logits and of each head pair.
-  ``teacher_logits`` holds the frozen teacher's outputs on the whole split
+  ``teacher_logits`` holds the frozen teacher's outputs on this batch
   (``create_teacher_eval_step``), or is None: then the teacher runs here,
-  as it must when its heads are trained in this run.
+  as it must when the method evaluates heads trained on its features.
+  The same compiler options as the train step: forward convolutions are
+  also faster in Eigen here (a resnet32x4 eval batch: 1.95 s vs 2.18 s on
+  one core), and train and eval then round alike.
   """
-  batch_size = config.eval_batch_size
-  batch_sharding = parallel.data_sharded(mesh)
 
-  def eval_step(params, rest, teacher_state, teacher_logits, images, labels,
-                mask, index):
-    take = lambda a: _eval_batch(a, index, batch_size, batch_sharding)
-    x = augment.normalize(take(images), input_spec.mean, input_spec.std)
-    y, m = take(labels), take(mask).astype(jnp.float32)
-    trainable = nnx.merge(graphdef, params, rest)
-    outputs = {}
-    if trainable.model is not None:
-      outputs['acc'], feats = features.forward_with_features(
-        trainable.model, x, train=False
-      )
-      if trainable.heads is not None:
-        for stage, logits in trainable.heads(feats, train=False).items():
-          outputs[f'acc/{stage}'] = logits
-    if teacher_logits is not None:
-      outputs.update({k: take(v) for k, v in teacher_logits.items()})
-    elif teacher_graphdef is not None:
+  def eval_step(state, teacher_state, batch, teacher_logits):
+    trainable = nnx.merge(graphdef, state.params, state.buffers)
+    teacher_out = None
+    if teacher_logits is None and teacher_graphdef is not None:
       teacher = nnx.merge(teacher_graphdef, teacher_state)
-      t_out = teacher_forward(teacher, x)
-      t_heads = t_out.head_logits
-      if trainable.teacher_heads is not None:
-        t_heads = trainable.teacher_heads(t_out.feats, train=False)
-      outputs.update(_named_teacher_outputs(t_out.logits, t_heads))
-    sums = {
-      name: jnp.sum((jnp.argmax(logits, -1) == y) * m)
-      for name, logits in outputs.items()
-    }
-    if 'acc' in outputs:
-      log_probs = jax.nn.log_softmax(outputs['acc'].astype(jnp.float32))
-      nll = -jnp.take_along_axis(log_probs, y[:, None], -1)[:, 0]
-      sums['loss'] = jnp.sum(nll * m)
-    pairs = [('acc', 'teacher_acc', 'agree_top1')] + [
-      (f'acc/{s}', f'teacher_acc/{t}', f'agree_top1/{s}')
-      for s, t in head_pairs
-    ]
-    for s_name, t_name, key in pairs:
-      if s_name in outputs and t_name in outputs:
-        same = jnp.argmax(outputs[s_name], -1) == jnp.argmax(
-          outputs[t_name], -1
-        )
-        sums[key] = jnp.sum(same * m)
-    sums['count'] = jnp.sum(m)
-    return sums
+      teacher_out = teacher_forward(teacher, batch.images)
+      teacher_logits = named_teacher_outputs(teacher_out)
+    outputs = dict(teacher_logits or {})
+    outputs.update(method.eval_logits(trainable, batch.images, teacher_out))
+    return eval_sums(
+      outputs, batch.labels, batch.mask, method.agreement_pairs(trainable)
+    )
 
-  # The same library choice as the train step: forward convolutions are
-  # also faster in Eigen here (a resnet32x4 eval batch: 1.95 s vs 2.18 s on
-  # one core), and train and eval then round alike.
-  return jax.jit(eval_step, compiler_options=compiler_options(mesh))
+  return jax.jit(eval_step, compiler_options=compiler_options)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from configs import demo as demo_config
 from mhkd_jax import demo
+from mhkd_jax.configs import demo as demo_config
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -50,7 +50,7 @@ def test_report_has_every_run(smoke_demo):
   def cell(run, name):
     return rows[demo._LABELS[run]][col[name]]
 
-  # Every run has an accuracy (the teacher_heads row: the teacher's).
+  # Every run has an accuracy (the fit_teacher_heads row: the teacher's).
   for run in demo_config.RUNS:
     assert 0.0 <= float(cell(run, 'test acc %')) <= 100.0
   # Blank where not applicable: no teacher for CE runs, no heads for KD.
@@ -61,9 +61,11 @@ def test_report_has_every_run(smoke_demo):
   assert cell('kd', 'agree top-1 %') != ''
   for name in ('acc stage1 %', 'agree stage1 %', 'agree stage2 %'):
     assert cell('mhkd', name) != ''
-  assert cell('teacher_heads', 'acc stage2 %') != ''
+  assert cell('fit_teacher_heads', 'acc stage2 %') != ''
   # The frozen teacher is the same network in every run that reads it.
-  assert cell('teacher_heads', 'test acc %') == cell('teacher', 'test acc %')
+  assert cell('fit_teacher_heads', 'test acc %') == cell(
+    'teacher', 'test acc %'
+  )
   assert cell('kd', 'teacher acc %') == cell('teacher', 'test acc %')
 
 

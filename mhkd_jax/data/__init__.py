@@ -1,9 +1,10 @@
-"""Input pipelines: whole splits into numpy, augmentation inside the step.
+"""Input pipelines: data sets, and the inputs that feed the train step.
 
 `load_datasets` / `load_split` read a prepared TFDS data set into host memory
-(uint8 [N, 32, 32, 3] + int32 labels); `augment` holds the pure-JAX epoch
-permutation, crop/flip and normalisation that the jitted step applies to the
-device-resident arrays. `python -m mhkd_jax.data.prepare` prepares a data set.
+(uint8 [N, H, W, C] + int32 labels); `inputs` turns splits into `Batch`es
+(`create_inputs`: device-resident or host-fed); `augment` holds the pure-JAX
+epoch permutation, crop/flip and normalisation they apply on the device.
+`python -m mhkd_jax.data.prepare` prepares a data set.
 """
 
 from mhkd_jax.data.augment import epoch_permutation
@@ -17,11 +18,15 @@ from mhkd_jax.data.datasets import dataset_names
 from mhkd_jax.data.datasets import load_datasets
 from mhkd_jax.data.datasets import load_split
 from mhkd_jax.data.datasets import prepare_command
+from mhkd_jax.data.inputs import Batch
+from mhkd_jax.data.inputs import create_inputs
 
 __all__ = [
   'ArraySplit',
+  'Batch',
   'DatasetInfo',
   'DatasetNotPreparedError',
+  'create_inputs',
   'dataset_info',
   'dataset_names',
   'epoch_permutation',

@@ -36,6 +36,8 @@ class DatasetInfo:
     std: per-channel standard deviation, same units.
     random_flip: whether horizontal flips are a valid augmentation (not for
       digits, which are not mirror-symmetric).
+    image_shape: (height, width, channels) of the images `load_split`
+      yields: the models' input shape.
   """
 
   name: str
@@ -43,6 +45,7 @@ class DatasetInfo:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   random_flip: bool
+  image_shape: tuple[int, int, int] = (32, 32, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +53,9 @@ class ArraySplit:
   """One whole split in host memory, ready to be put on the device.
 
   Attributes:
-    images: uint8 [N, 32, 32, 3]; grayscale digits are zero-padded 28 -> 32
-      and tiled to 3 channels so every model sees CIFAR-shaped input.
+    images: uint8 [N, H, W, C] of the data set's `image_shape`; grayscale
+      digits are zero-padded 28 -> 32 and tiled to 3 channels so every
+      model sees CIFAR-shaped input.
     labels: int32 [N].
   """
 
@@ -226,20 +230,23 @@ def _read_array_record_split(
   return np.concatenate(images), np.concatenate(labels)
 
 
-def _to_rgb32(images: np.ndarray) -> np.ndarray:
-  """Brings images to [N, 32, 32, 3] uint8 (digits: pad 28 -> 32, tile)."""
+def _to_image_shape(
+  images: np.ndarray, shape: tuple[int, int, int]
+) -> np.ndarray:
+  """Brings images to uint8 [N, *shape] (digits: pad 28 -> 32, tile)."""
   if images.ndim != 4:
     raise ValueError(f'Expected [N, H, W, C] images, got {images.shape}.')
   _, h, w, c = images.shape
-  if (h, w) != (32, 32):
-    if h > 32 or w > 32 or (32 - h) % 2 or (32 - w) % 2:
-      raise ValueError(f'Cannot centre {h}x{w} images in 32x32.')
-    ph, pw = (32 - h) // 2, (32 - w) // 2
+  height, width, channels = shape
+  if (h, w) != (height, width):
+    if h > height or w > width or (height - h) % 2 or (width - w) % 2:
+      raise ValueError(f'Cannot centre {h}x{w} images in {height}x{width}.')
+    ph, pw = (height - h) // 2, (width - w) // 2
     images = np.pad(images, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  if c == 1:
+  if c == 1 and channels == 3:
     images = np.repeat(images, 3, axis=-1)
-  elif c != 3:
-    raise ValueError(f'Expected 1 or 3 channels, got {c}.')
+  elif c != channels:
+    raise ValueError(f'Expected 1 or {channels} channels, got {c}.')
   return np.ascontiguousarray(images, dtype=np.uint8)
 
 
@@ -260,7 +267,7 @@ def load_split(
       small runs skip decoding the rest.
 
   Returns:
-    The split as uint8 [N, 32, 32, 3] images and int32 [N] labels, in the
+    The split as uint8 [N, *image_shape] images and int32 [N] labels, in the
     order stored by TFDS (fixed, so runs are reproducible).
 
   Raises:
@@ -301,7 +308,7 @@ def load_split(
   if num_examples is not None:
     images, labels = images[:num_examples], labels[:num_examples]
 
-  images = _to_rgb32(images)
+  images = _to_image_shape(images, info.image_shape)
   labels = labels.astype(np.int32)
   if labels.min() < 0 or labels.max() >= info.num_classes:
     raise ValueError(

@@ -1,21 +1,48 @@
-"""Distillation methods: one module each (see ``base`` for the interface)."""
+"""Distillation methods: one module each, found by discovery.
 
-import types
+Every module of this package (but ``base``) is imported here, and each
+registers its method with ``@base.register``; nothing lists the methods by
+hand. ``create_method(config)`` builds the one a config names;
+``method_config_sections()`` gives every registered method's config
+section for the default config to assemble.
+"""
 
-from mhkd_jax.distill import ce, kd, mhkd, teacher_heads
+import importlib
+import pkgutil
 
-METHODS: dict[str, types.ModuleType] = {
-  'ce': ce,
-  'kd': kd,
-  'mhkd': mhkd,
-  'teacher_heads': teacher_heads,
-}
+import ml_collections
+
+from mhkd_jax.distill import base
+
+for _module in pkgutil.iter_modules(__path__):
+  if _module.name != 'base':
+    importlib.import_module(f'{__name__}.{_module.name}')
 
 
-def get_method(name: str) -> types.ModuleType:
-  """The method module called ``name``; unknown names list the valid ones."""
-  if name not in METHODS:
+def method_names() -> tuple[str, ...]:
+  return tuple(sorted(base.registry()))
+
+
+def get_method(name: str) -> type[base.Method]:
+  """The method class called ``name``; unknown names list the valid ones."""
+  methods = base.registry()
+  if name not in methods:
     raise ValueError(
-      f'Unknown method {name!r}. Valid methods: {", ".join(sorted(METHODS))}.'
+      f'Unknown method {name!r}. Valid methods: {", ".join(method_names())}.'
     )
-  return METHODS[name]
+  return methods[name]
+
+
+def create_method(config: ml_collections.ConfigDict) -> base.Method:
+  """The method that ``config.method`` names, bound to ``config``."""
+  return get_method(config.method)(config)
+
+
+def method_config_sections() -> dict[str, ml_collections.ConfigDict]:
+  """Section name -> defaults, for every registered method that has one."""
+  sections = {}
+  for name, cls in sorted(base.registry().items()):
+    section = cls.default_config()
+    if section is not None:
+      sections[name] = section
+  return sections

@@ -1,39 +1,77 @@
-"""The small interface every distillation method implements.
+"""The interface every distillation method implements, and its registry.
 
-A method is one module in this package with:
+A method is one class in one module of this package, registered with
+``@base.register``. It declares:
 
-  NEEDS_TEACHER: bool
-  create_trainable(config, *, teacher, num_classes, input_shape, rngs)
-      -> Trainable: the modules this run optimises.
-  compute_loss(trainable, teacher_out, images, labels, config)
-      -> (total, terms, logits): a scalar, a flat dict of every named term,
-      and the student's logits (None when there is no student).
+* ``name``: its registry key and the name of its config section;
+* ``default_config()``: that section with its defaults (the default config
+  assembles every registered method's section, so adding a method never
+  edits ``configs/default.py``);
+* ``needs_teacher``: whether a run of it loads a frozen teacher;
+* ``create_trainable(teacher, data, rngs)``: everything the run optimises,
+  as named parts of a ``Trainable`` (a student, heads, a regressor, an
+  embedding...). Variables of type ``MethodState`` (a memory bank, a
+  counter) are carried from step to step, checkpointed and never given to
+  the optimizer; ``nnx.Param`` leaves are trained;
+* ``loss(trainable, teacher_out, batch, context)``: ``(total, terms,
+  logits)``: the scalar to minimise, a flat dict of every named term (all
+  logged), and the student's logits for the training accuracy (or None);
+* ``eval_logits(trainable, images, teacher_out)``: the named logits that
+  evaluation scores (``'student'``, ``'student/stage1'``, an online
+  teacher head ``'teacher/stage1'``...); the frozen teacher's own outputs
+  are added by the trainer;
+* ``agreement_pairs(trainable)``: metric name -> two output names whose
+  top-1 agreement evaluation reports;
+* ``export(trainable, teacher)``: the network the run leaves behind as a
+  teacher checkpoint (``workdir/export``), or None.
 
 The step runs the frozen teacher (and its frozen heads, if any) once per
 batch outside the gradient, and hands the method a ``TeacherOutputs``.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
+import ml_collections
 from flax import nnx
+
+from mhkd_jax import features
+
+# Output names: the student's logits, and the frozen teacher's. A head on
+# stage k of either network is '<role>/stage<k>'.
+STUDENT = 'student'
+TEACHER = 'teacher'
+
+
+class MethodState(nnx.Variable):
+  """A method's non-differentiated state (e.g. CRD's memory bank).
+
+  Updated inside the jitted step (assign in ``loss``:
+  ``trainable.memory[...] = new``), saved in checkpoints with the BatchNorm
+  statistics, never optimised.
+  """
 
 
 class Trainable(nnx.Module):
-  """Everything a run optimises. Unused roles are None.
+  """Everything one run optimises, as named parts.
 
-  Attributes:
-    model: the student backbone (None when only teacher heads are fitted).
-    heads: the student's auxiliary heads (MHKD).
-    teacher_heads: teacher heads trained in this run (MHKD 'online', or the
-      'teacher_heads' phase); they read stop-gradiented teacher features.
+  ``Trainable(student=model, heads=aux_heads)``; the names are the method's
+  own and become the top-level keys of the parameters, the optimizer state
+  and the checkpoints. Absent parts are simply not there:
+  ``trainable.get('heads')`` returns None for a method without heads.
+  Non-module values (tuples of names) are static: part of the graph
+  definition, not of the state.
   """
 
-  def __init__(self, model=None, heads=None, teacher_heads=None):
-    self.model = model
-    self.heads = heads
-    self.teacher_heads = teacher_heads
+  def __init__(self, **parts: Any):
+    for name, part in parts.items():
+      setattr(self, name, part)
+
+  def get(self, name: str, default: Any = None) -> Any:
+    return getattr(self, name, default)
 
 
 class Teacher(nnx.Module):
@@ -47,10 +85,15 @@ class Teacher(nnx.Module):
 
 @dataclasses.dataclass
 class TeacherOutputs:
-  """The frozen teacher's outputs on one batch (all stop-gradiented)."""
+  """The frozen teacher's outputs on one batch (all stop-gradiented).
+
+  ``feats`` is None in evaluation when the teacher's logits were cached
+  (methods that need teacher features in evaluation say so with
+  ``eval_needs_teacher_features``).
+  """
 
   logits: jax.Array
-  feats: dict[str, jax.Array]
+  feats: dict[str, jax.Array] | None
   head_logits: dict[str, jax.Array] | None
 
 
@@ -59,4 +102,152 @@ jax.tree_util.register_dataclass(
   meta_fields=[],
 )
 
-Terms = dict[str, Any]
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a method may need to know about the training data at setup.
+
+  Attributes:
+    num_classes: number of labels.
+    example_shape: one input example, (height, width, channels).
+    num_train_examples: size of the training split as trained on (a CRD
+      memory bank has one row per example).
+    steps_per_epoch: optimizer steps per epoch.
+  """
+
+  num_classes: int
+  example_shape: tuple[int, int, int]
+  num_train_examples: int
+  steps_per_epoch: int
+
+  @property
+  def input_shape(self) -> tuple[int, int, int, int]:
+    """A batch-of-one NHWC shape, for tracing feature shapes."""
+    return (1, *self.example_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """Where the train step is, for losses that depend on it.
+
+  Attributes:
+    step: the optimizer step about to be taken (0-based; traced int32).
+    epoch: the 0-based epoch of that step (traced int32).
+    rng: a key for the method's own randomness at this step, independent
+      of the data order and augmentation keys.
+    num_train_examples: size of the training split.
+    steps_per_epoch: optimizer steps per epoch.
+  """
+
+  step: jax.Array
+  epoch: jax.Array
+  rng: jax.Array
+  num_train_examples: int
+  steps_per_epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+  """A network a run leaves behind in the teacher-checkpoint format."""
+
+  model: nnx.Module
+  heads: nnx.Module | None
+  model_name: str
+
+
+class Method:
+  """Base class of distillation methods; see the module docstring.
+
+  Instances hold the full config (``self.config``) and their own section
+  (``self.cfg``, None for a method without one). Everything a method
+  computes from the config at trace time is a compile-time constant.
+  """
+
+  name: ClassVar[str] = ''
+  needs_teacher: ClassVar[bool] = True
+
+  @classmethod
+  def default_config(cls) -> ml_collections.ConfigDict | None:
+    """This method's config section with its defaults (None: no section)."""
+    return None
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.cfg = config.get(self.name) if self.default_config() else None
+
+  def create_trainable(
+    self, teacher: Teacher | None, data: DataSpec, rngs: nnx.Rngs
+  ) -> Trainable:
+    raise NotImplementedError
+
+  def loss(
+    self,
+    trainable: Trainable,
+    teacher_out: TeacherOutputs | None,
+    batch: Any,
+    context: StepContext,
+  ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
+    raise NotImplementedError
+
+  def eval_needs_teacher_features(self) -> bool:
+    """True if ``eval_logits`` reads ``teacher_out.feats`` (e.g. teacher
+    heads trained in this run); otherwise the frozen teacher's test-split
+    logits are computed once per run and reused."""
+    return False
+
+  def eval_logits(
+    self,
+    trainable: Trainable,
+    images: jax.Array,
+    teacher_out: TeacherOutputs | None,
+  ) -> dict[str, jax.Array]:
+    """Named logits to score; by default the student's final logits."""
+    del teacher_out
+    student = trainable.get(STUDENT)
+    if student is None:
+      return {}
+    logits, _ = features.forward_with_features(student, images, train=False)
+    return {STUDENT: logits}
+
+  def agreement_pairs(self, trainable: Trainable) -> dict[str, tuple]:
+    """Metric name -> (output a, output b) whose top-1 agreement is
+    reported; pairs whose outputs are absent are skipped."""
+    del trainable
+    return {'agree_top1': (STUDENT, TEACHER)}
+
+  def export(self, trainable: Trainable, teacher: Teacher | None):
+    """By default the student (with its heads, if it has any)."""
+    del teacher
+    student = trainable.get(STUDENT)
+    if student is None:
+      return None
+    return Export(student, trainable.get('heads'), self.config.model)
+
+
+# --------------------------------------------------------------------------
+# Registry.
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+  """Class decorator: makes a method available under ``cls.name``."""
+  if not cls.name:
+    raise ValueError(f'{cls.__name__} must set a class attribute `name`.')
+  existing = _REGISTRY.get(cls.name)
+  if existing is not None and existing.__qualname__ != cls.__qualname__:
+    raise ValueError(
+      f'Two methods are called {cls.name!r}: {existing.__module__}.'
+      f'{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}.'
+    )
+  _REGISTRY[cls.name] = cls
+  return cls
+
+
+def unregister(name: str) -> None:
+  """Removes a method (tests that register their own)."""
+  _REGISTRY.pop(name, None)
+
+
+def registry() -> dict[str, type[Method]]:
+  return dict(_REGISTRY)

@@ -1,25 +1,29 @@
 """Vanilla training with cross-entropy: students without a teacher, and
 the teachers themselves."""
 
-from flax import nnx
-
 from mhkd_jax import features, losses
-from mhkd_jax.distill.base import Trainable
+from mhkd_jax.distill import base
 from mhkd_jax.models import create_model
 
-NEEDS_TEACHER = False
 
+@base.register
+class CrossEntropy(base.Method):
+  """``CE(s, y)``: no teacher."""
 
-def create_trainable(config, *, teacher, num_classes, input_shape, rngs):
-  del teacher, input_shape
-  model = create_model(config.model, num_classes=num_classes, rngs=rngs)
-  return Trainable(model=model)
+  name = 'ce'
+  needs_teacher = False
 
+  def create_trainable(self, teacher, data, rngs):
+    del teacher
+    model = create_model(
+      self.config.model, num_classes=data.num_classes, rngs=rngs
+    )
+    return base.Trainable(student=model)
 
-def compute_loss(trainable, teacher_out, images, labels, config):
-  del teacher_out, config
-  logits, _ = features.forward_with_features(
-    trainable.model, images, train=True
-  )
-  ce = losses.cross_entropy(logits, labels)
-  return ce, {'ce': ce}, logits
+  def loss(self, trainable, teacher_out, batch, context):
+    del teacher_out, context
+    logits, _ = features.forward_with_features(
+      trainable.student, batch.images, train=True
+    )
+    ce = losses.cross_entropy(logits, batch.labels)
+    return ce, {'ce': ce}, logits

@@ -1,27 +1,43 @@
 """Hinton's knowledge distillation, RepDistiller's KD run:
 ``w_ce * CE(s, y) + w_kd * KD_T(s, t)`` (0.1, 0.9, T 4 by default)."""
 
+import ml_collections
+
 from mhkd_jax import features, losses
-from mhkd_jax.distill.base import Trainable
+from mhkd_jax.distill import base
 from mhkd_jax.models import create_model
 
-NEEDS_TEACHER = True
 
+@base.register
+class KD(base.Method):
+  """KD of the final logits (RepDistiller's ``DistillKL``)."""
 
-def create_trainable(config, *, teacher, num_classes, input_shape, rngs):
-  del teacher, input_shape
-  model = create_model(config.model, num_classes=num_classes, rngs=rngs)
-  return Trainable(model=model)
+  name = 'kd'
 
+  @classmethod
+  def default_config(cls):
+    # RepDistiller's KD run: 0.1 CE + 0.9 KD at T 4.
+    return ml_collections.ConfigDict(
+      {'temperature': 4.0, 'w_ce': 0.1, 'w_kd': 0.9}
+    )
 
-def compute_loss(trainable, teacher_out, images, labels, config):
-  kd = config.kd
-  logits, _ = features.forward_with_features(
-    trainable.model, images, train=True
-  )
-  terms = {
-    'ce': losses.cross_entropy(logits, labels),
-    'kd/logits': losses.kd_loss(logits, teacher_out.logits, kd.temperature),
-  }
-  total = kd.w_ce * terms['ce'] + kd.w_kd * terms['kd/logits']
-  return total, terms, logits
+  def create_trainable(self, teacher, data, rngs):
+    del teacher
+    model = create_model(
+      self.config.model, num_classes=data.num_classes, rngs=rngs
+    )
+    return base.Trainable(student=model)
+
+  def loss(self, trainable, teacher_out, batch, context):
+    del context
+    logits, _ = features.forward_with_features(
+      trainable.student, batch.images, train=True
+    )
+    terms = {
+      'ce': losses.cross_entropy(logits, batch.labels),
+      'kd/logits': losses.kd_loss(
+        logits, teacher_out.logits, self.cfg.temperature
+      ),
+    }
+    total = self.cfg.w_ce * terms['ce'] + self.cfg.w_kd * terms['kd/logits']
+    return total, terms, logits

@@ -9,111 +9,179 @@ Project reading (specs/mhkd.md; every weight is a config field)::
 Student stage k's head s_k is matched with teacher stage k's head t_k. The
 student-head terms back-propagate into the student backbone: that is how
 MHKD teaches intermediate layers. Teacher heads are either fitted before
-(``teacher_heads='pretrain'``: a separate run with the 'teacher_heads'
-method, loaded frozen with the teacher) or trained here (``'online'``)
-from stop-gradiented teacher features, and their outputs are
-stop-gradiented inside the KD terms, so the student never pulls them.
+(``teacher_head_mode='pretrain'``: a run of the ``fit_teacher_heads``
+method, whose export is the teacher with its heads, loaded frozen) or
+trained here (``'online'``) from stop-gradiented teacher features; their
+outputs are stop-gradiented inside the KD terms, so the student never
+pulls them.
 """
 
 import jax
+import ml_collections
 
 from mhkd_jax import features, heads, losses
-from mhkd_jax.distill.base import Trainable
+from mhkd_jax.distill import base
 from mhkd_jax.models import create_model
 
-NEEDS_TEACHER = True
+# Where the teacher's heads come from: fitted by a fit_teacher_heads run
+# and loaded frozen with the teacher, or trained in this run.
 TEACHER_HEAD_MODES = ('pretrain', 'online')
 
 
-def teacher_stages_of(config, teacher_model, input_shape):
-  """Teacher stages to tap; defaults follow the student stage names."""
-  if config.mhkd.teacher_stages:
-    return tuple(config.mhkd.teacher_stages)
-  if config.mhkd.stages:
-    return tuple(config.mhkd.stages)
-  shapes = features.feature_shapes(teacher_model, input_shape)
-  return features.stage_names(shapes)[:-1]
+@base.register
+class MHKD(base.Method):
+  """KD of the final logits plus KD between paired auxiliary heads."""
+
+  name = 'mhkd'
+
+  @classmethod
+  def default_config(cls):
+    cfg = ml_collections.ConfigDict()
+    # Student stages that get heads; () = every stage but the last.
+    cfg.stages = ()
+    # Teacher stages paired with them in order; () = the same names.
+    cfg.teacher_stages = ()
+    # Head architecture of the student's heads (and of online teacher
+    # heads): 'dih', 'light' or 'linear' (mhkd_jax/heads.py).
+    cfg.head = 'dih'
+    # Head width; None = the kind's default (dih 256, light 128).
+    cfg.head_width = ml_collections.config_dict.placeholder(int)
+    # 'pretrain': the teacher checkpoint holds heads fitted by a
+    # fit_teacher_heads run, used frozen; 'online': teacher heads trained
+    # here with CE on stop-gradiented teacher features.
+    cfg.teacher_head_mode = 'pretrain'
+    cfg.temperature = 4.0
+    cfg.w_ce = 0.1
+    cfg.w_kd = 0.9
+    # Each head pair adds w_head * (KD_T(s_k, t_k) + w_head_ce * CE(s_k, y)).
+    cfg.w_head = 1.0
+    cfg.w_head_ce = 0.0
+    return cfg
+
+  @property
+  def online(self) -> bool:
+    return self.cfg.teacher_head_mode == 'online'
+
+  def create_trainable(self, teacher, data, rngs):
+    cfg = self.cfg
+    if cfg.teacher_head_mode not in TEACHER_HEAD_MODES:
+      raise ValueError(
+        f'config.mhkd.teacher_head_mode={cfg.teacher_head_mode!r}; valid: '
+        f'{", ".join(TEACHER_HEAD_MODES)}.'
+      )
+    model = create_model(
+      self.config.model, num_classes=data.num_classes, rngs=rngs
+    )
+    student_heads = heads.create_heads(
+      cfg.head, model, tuple(cfg.stages) or None,
+      num_classes=data.num_classes, input_shape=data.input_shape,
+      width=cfg.head_width, rngs=rngs,
+    )
+    pairs = self._stage_pairs(student_heads.spec.stages)
+    t_stages = tuple(t for _, t in pairs)
+    parts = dict(student=model, heads=student_heads, stage_pairs=pairs)
+    if self.online:
+      parts['teacher_heads'] = heads.create_heads(
+        cfg.head, teacher.model, t_stages, num_classes=data.num_classes,
+        input_shape=data.input_shape, width=cfg.head_width, rngs=rngs,
+      )
+    else:
+      _check_frozen_teacher_heads(teacher, t_stages)
+    return base.Trainable(**parts)
+
+  def _stage_pairs(self, student_stages) -> tuple[tuple[str, str], ...]:
+    """(student stage, teacher stage) pairs: the one pairing rule."""
+    t_stages = tuple(self.cfg.teacher_stages) or tuple(student_stages)
+    if len(t_stages) != len(student_stages):
+      raise ValueError(
+        f'config.mhkd.teacher_stages {t_stages} must pair one to one with '
+        f'the student stages {tuple(student_stages)}.'
+      )
+    return tuple(zip(student_stages, t_stages))
+
+  def _teacher_head_logits(self, trainable, teacher_out, train):
+    if self.online:
+      # Online heads learn from frozen, stop-gradiented teacher features.
+      return trainable.teacher_heads(
+        jax.lax.stop_gradient(teacher_out.feats), train=train
+      )
+    return teacher_out.head_logits
+
+  def loss(self, trainable, teacher_out, batch, context):
+    del context
+    cfg, labels = self.cfg, batch.labels
+    logits, feats = features.forward_with_features(
+      trainable.student, batch.images, train=True
+    )
+    student_head_logits = trainable.heads(feats, train=True)
+    teacher_head_logits = self._teacher_head_logits(
+      trainable, teacher_out, train=True
+    )
+    terms = {}
+    if self.online:
+      for stage, t_logits in teacher_head_logits.items():
+        terms[f'ce/teacher_head/{stage}'] = losses.cross_entropy(
+          t_logits, labels
+        )
+    terms['ce'] = losses.cross_entropy(logits, labels)
+    terms['kd/logits'] = losses.kd_loss(
+      logits, teacher_out.logits, cfg.temperature
+    )
+    total = cfg.w_ce * terms['ce'] + cfg.w_kd * terms['kd/logits']
+    for s_stage, t_stage in trainable.stage_pairs:
+      target = jax.lax.stop_gradient(teacher_head_logits[t_stage])
+      s_logits = student_head_logits[s_stage]
+      kd = losses.kd_loss(s_logits, target, cfg.temperature)
+      ce = losses.cross_entropy(s_logits, labels)
+      terms[f'kd/{s_stage}'] = kd
+      terms[f'ce/{s_stage}'] = ce
+      total = total + cfg.w_head * (kd + cfg.w_head_ce * ce)
+    for _, t_stage in trainable.stage_pairs:
+      if f'ce/teacher_head/{t_stage}' in terms:
+        total = total + terms[f'ce/teacher_head/{t_stage}']
+    return total, terms, logits
+
+  def eval_needs_teacher_features(self):
+    return self.online
+
+  def eval_logits(self, trainable, images, teacher_out):
+    logits, feats = features.forward_with_features(
+      trainable.student, images, train=False
+    )
+    outputs = {base.STUDENT: logits}
+    for stage, head_logits in trainable.heads(feats, train=False).items():
+      outputs[f'{base.STUDENT}/{stage}'] = head_logits
+    if self.online:
+      t_heads = trainable.teacher_heads(teacher_out.feats, train=False)
+      for stage, head_logits in t_heads.items():
+        outputs[f'{base.TEACHER}/{stage}'] = head_logits
+    return outputs
+
+  def agreement_pairs(self, trainable):
+    pairs = super().agreement_pairs(trainable)
+    for s_stage, t_stage in trainable.stage_pairs:
+      pairs[f'agree_top1/{s_stage}'] = (
+        f'{base.STUDENT}/{s_stage}', f'{base.TEACHER}/{t_stage}'
+      )
+    return pairs
 
 
-def create_trainable(config, *, teacher, num_classes, input_shape, rngs):
-  cfg = config.mhkd
-  if cfg.teacher_heads not in TEACHER_HEAD_MODES:
-    raise ValueError(
-      f'config.mhkd.teacher_heads={cfg.teacher_heads!r}; valid: '
-      f'{", ".join(TEACHER_HEAD_MODES)}.'
-    )
-  model = create_model(config.model, num_classes=num_classes, rngs=rngs)
-  student_heads = heads.create_heads(
-    cfg.head, model, tuple(cfg.stages) or None, num_classes=num_classes,
-    input_shape=input_shape, width=cfg.head_width, rngs=rngs,
-  )
-  t_stages = tuple(cfg.teacher_stages) or student_heads.spec.stages
-  if len(t_stages) != len(student_heads.spec.stages):
-    raise ValueError(
-      f'config.mhkd.teacher_stages {t_stages} must pair one to one with the '
-      f'student stages {student_heads.spec.stages}.'
-    )
-  if cfg.teacher_heads == 'online':
-    teacher_heads = heads.create_heads(
-      cfg.head, teacher.model, t_stages, num_classes=num_classes,
-      input_shape=input_shape, width=cfg.head_width, rngs=rngs,
-    )
-    return Trainable(model=model, heads=student_heads,
-                     teacher_heads=teacher_heads)
-  # 'pretrain': the teacher must arrive with frozen heads on those stages.
+def _check_frozen_teacher_heads(teacher, t_stages) -> None:
+  """'pretrain' mode: the teacher must arrive with heads on those stages."""
   if teacher.heads is None:
     raise ValueError(
-      "config.mhkd.teacher_heads='pretrain' needs a teacher checkpoint that "
-      'holds fitted teacher heads, and config.teacher.init has none. Fit '
-      'them first with the teacher_heads method (phase 1, e.g. '
-      '--config=configs/cifar100_resnet32x4_resnet8x4.py:teacher_heads) and '
-      "point config.teacher.init at that run's workdir, or use "
-      "config.mhkd.teacher_heads='online'."
+      "config.mhkd.teacher_head_mode='pretrain' needs a teacher checkpoint "
+      'that holds fitted teacher heads, and config.teacher.init has none. '
+      'Fit them first with the fit_teacher_heads method (phase 1, e.g. '
+      '--config=configs/cifar100_resnet32x4_resnet8x4.py:fit_teacher_heads) '
+      "and point config.teacher.init at that run's workdir, or use "
+      "config.mhkd.teacher_head_mode='online'."
     )
-  if tuple(teacher.heads.spec.stages) != t_stages:
+  missing = [s for s in t_stages if s not in teacher.heads.spec.stages]
+  if missing:
     raise ValueError(
       f'The teacher checkpoint has heads on {teacher.heads.spec.stages}, '
-      f'but MHKD pairs student stages {student_heads.spec.stages} with '
-      f'teacher stages {t_stages}. Set config.mhkd.teacher_stages to match '
-      'or refit the teacher heads.'
+      f'but MHKD pairs the student with teacher stages {t_stages}. Set '
+      'config.mhkd.teacher_stages to stages that have heads, or refit the '
+      'teacher heads on those stages.'
     )
-  return Trainable(model=model, heads=student_heads)
-
-
-def compute_loss(trainable, teacher_out, images, labels, config):
-  cfg = config.mhkd
-  logits, feats = features.forward_with_features(
-    trainable.model, images, train=True
-  )
-  student_head_logits = trainable.heads(feats, train=True)
-  terms = {}
-  if trainable.teacher_heads is not None:
-    # Online: heads learn from frozen, stop-gradiented teacher features.
-    teacher_head_logits = trainable.teacher_heads(
-      jax.lax.stop_gradient(teacher_out.feats), train=True
-    )
-    for stage, t_logits in teacher_head_logits.items():
-      terms[f'ce/teacher_head/{stage}'] = losses.cross_entropy(
-        t_logits, labels
-      )
-  else:
-    teacher_head_logits = teacher_out.head_logits
-  terms['ce'] = losses.cross_entropy(logits, labels)
-  terms['kd/logits'] = losses.kd_loss(
-    logits, teacher_out.logits, cfg.temperature
-  )
-  total = cfg.w_ce * terms['ce'] + cfg.w_kd * terms['kd/logits']
-  s_stages = trainable.heads.spec.stages
-  t_stages = tuple(cfg.teacher_stages) or s_stages
-  for s_stage, t_stage in zip(s_stages, t_stages, strict=True):
-    target = jax.lax.stop_gradient(teacher_head_logits[t_stage])
-    s_logits = student_head_logits[s_stage]
-    kd = losses.kd_loss(s_logits, target, cfg.temperature)
-    ce = losses.cross_entropy(s_logits, labels)
-    terms[f'kd/{s_stage}'] = kd
-    terms[f'ce/{s_stage}'] = ce
-    total = total + cfg.w_head * (kd + cfg.w_head_ce * ce)
-  for stage in t_stages:
-    if f'ce/teacher_head/{stage}' in terms:
-      total = total + terms[f'ce/teacher_head/{stage}']
-  return total, terms, logits

@@ -3,17 +3,25 @@
 Other configs import this one and override a few fields. The ConfigDict is
 locked: ``--config.some_typo=1`` is an error, not a silently new key.
 
+The keys of the trainer are listed here; each distillation method's
+section (``config.kd``, ``config.mhkd``, ...) comes with its defaults from
+the method's own module (``mhkd_jax/distill/``), so adding a method never
+edits this file.
+
   python -m mhkd_jax.main --config=configs/default.py --workdir=/tmp/run
 """
 
 import ml_collections
 
+from mhkd_jax import distill
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Method: 'ce' (vanilla; also trains teachers), 'kd', 'mhkd',
-  # 'teacher_heads' (MHKD phase 1: fit heads on a frozen teacher).
+  # Method: any of mhkd_jax.distill.method_names(): 'ce' (vanilla; also
+  # trains teachers), 'kd', 'mhkd', 'fit_teacher_heads' (MHKD phase 1: fit
+  # heads on a frozen teacher), ...
   config.method = 'ce'
   # Student architecture (RepDistiller name, see mhkd_jax.models).
   config.model = 'resnet8x4'
@@ -23,8 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Expected teacher architecture ('' = whatever the checkpoint holds).
   config.teacher.model = ''
   # Teacher checkpoint directory, or the workdir of the run that trained
-  # or imported it (its export/ is used). Required by kd, mhkd and
-  # teacher_heads.
+  # or imported it (its export/ is used). Required by every method but ce.
   config.teacher.init = ''
 
   config.data = ml_collections.ConfigDict()
@@ -42,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Random horizontal flip; None = the data set's default (on for CIFAR,
   # off for digits).
   config.data.random_flip = ml_collections.config_dict.placeholder(bool)
+  # Where batches are made (mhkd_jax/data/inputs.py): 'device' keeps the
+  # whole split on the accelerators and gathers/augments there (CIFAR
+  # scale); 'host' sends each process's rows of every batch from host
+  # memory. Both give the same batches.
+  config.data.pipeline = 'device'
 
   # Optimisation: RepDistiller's recipe (recipes.md).
   config.batch_size = 64
@@ -57,31 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_fractions = (0.625, 0.75, 0.875)
   config.lr_decay_rate = 0.1
 
-  # KD (Hinton; RepDistiller's KD run: 0.1 CE + 0.9 KD at T 4).
-  config.kd = ml_collections.ConfigDict()
-  config.kd.temperature = 4.0
-  config.kd.w_ce = 0.1
-  config.kd.w_kd = 0.9
-
-  # MHKD (specs/mhkd.md; README "Our reading of MHKD").
-  config.mhkd = ml_collections.ConfigDict()
-  # Student stages that get heads; () = every stage but the last.
-  config.mhkd.stages = ()
-  # Teacher stages paired with them in order; () = the same names.
-  config.mhkd.teacher_stages = ()
-  # Head architecture: 'dih', 'light' or 'linear' (mhkd_jax/heads.py).
-  config.mhkd.head = 'dih'
-  # Head width; None = the kind's default (dih 256, light 128).
-  config.mhkd.head_width = ml_collections.config_dict.placeholder(int)
-  # 'pretrain': heads fitted by a teacher_heads run, loaded frozen with the
-  # teacher; 'online': trained here with CE on stop-gradiented features.
-  config.mhkd.teacher_heads = 'pretrain'
-  config.mhkd.temperature = 4.0
-  config.mhkd.w_ce = 0.1
-  config.mhkd.w_kd = 0.9
-  # Each head pair adds w_head * (KD_T(s_k, t_k) + w_head_ce * CE(s_k, y)).
-  config.mhkd.w_head = 1.0
-  config.mhkd.w_head_ce = 0.0
+  # One section per registered method, with the method's own defaults.
+  for name, section in distill.method_config_sections().items():
+    config[name] = section
 
   # Dtype of convolutions, linears and BatchNorm outputs (student, heads,
   # teacher): 'float32' or 'bfloat16' (mixed precision for GPU/TPU:

@@ -6,7 +6,7 @@ SGD 0.05 momentum 0.9, wd 5e-4, x0.1 after epochs 150/180/210):
   teacher        CE on resnet32x4                  (published: 79.42)
   ce             vanilla resnet8x4                 (published: 72.50)
   kd             0.1 CE + 0.9 KD, T 4              (published: 73.33)
-  teacher_heads  MHKD phase 1: 'dih' heads on the frozen teacher's
+  fit_teacher_heads  MHKD phase 1: 'dih' heads on the frozen teacher's
                  stage1 and stage2, CE only
   mhkd           MHKD phase 2, teacher heads frozen (project default)
   mhkd_online    MHKD with teacher heads trained online
@@ -23,7 +23,8 @@ then, in order (each command resumes if re-run):
 
   C=configs/cifar100_resnet32x4_resnet8x4.py
   python -m mhkd_jax.main --config=$C:teacher --workdir=runs/r32x4
-  python -m mhkd_jax.main --config=$C:teacher_heads --workdir=runs/r32x4_heads
+  python -m mhkd_jax.main --config=$C:fit_teacher_heads \
+      --workdir=runs/r32x4_heads
   python -m mhkd_jax.main --config=$C:mhkd --workdir=runs/r8x4_mhkd
   python -m mhkd_jax.main --config=$C:kd --workdir=runs/r8x4_kd
 
@@ -32,10 +33,11 @@ Default teacher paths follow these workdirs; override with
 ``python -m mhkd_jax.interop.repdistiller``).
 """
 
-from configs import default
+from mhkd_jax.configs import default
 
 RUNS = (
-  'teacher', 'ce', 'kd', 'teacher_heads', 'mhkd', 'mhkd_online', 'mhkd_dih'
+  'teacher', 'ce', 'kd', 'fit_teacher_heads', 'mhkd', 'mhkd_online',
+  'mhkd_dih',
 )
 
 
@@ -47,6 +49,7 @@ def get_config(run: str = 'mhkd'):
   config.model = 'resnet8x4'
   config.teacher.model = 'resnet32x4'
   config.teacher.init = 'runs/r32x4'
+  config.fit_teacher_heads.head = 'dih'
   config.mhkd.head = 'dih'
   if run == 'teacher':
     config.method = 'ce'
@@ -57,15 +60,15 @@ def get_config(run: str = 'mhkd'):
     config.teacher.init = ''
   elif run == 'kd':
     config.method = 'kd'
-  elif run == 'teacher_heads':
-    config.method = 'teacher_heads'
+  elif run == 'fit_teacher_heads':
+    config.method = 'fit_teacher_heads'
   elif run == 'mhkd':
     config.method = 'mhkd'
-    config.mhkd.teacher_heads = 'pretrain'
+    config.mhkd.teacher_head_mode = 'pretrain'
     config.teacher.init = 'runs/r32x4_heads'
   elif run in ('mhkd_online', 'mhkd_dih'):
     config.method = 'mhkd'
-    config.mhkd.teacher_heads = 'online'
+    config.mhkd.teacher_head_mode = 'online'
   if run == 'mhkd_dih':
     alpha, beta = 0.1, 0.5
     config.mhkd.w_ce = 1 - alpha

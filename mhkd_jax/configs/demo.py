@@ -8,15 +8,16 @@ DIR/learning_curves.png:
   python -m mhkd_jax.demo --workdir=/tmp/demo
 
   teacher        resnet14, CE, all 4,000 training digits, 3 epochs
-  teacher_heads  'light' heads (width 32) on the frozen teacher's stage1
-                 and stage2, CE, all digits, 2 epochs
+  fit_teacher_heads  'light' heads (width 32) on the frozen teacher's
+                 stage1 and stage2, CE, all digits, 2 epochs
   ce             resnet8 on the first 256 digits, 30 epochs (vanilla)
   kd             the same student, 0.1 CE + 0.9 KD at T 4
   mhkd           the same student, KD + head-to-head KD on stage1/stage2,
                  teacher heads pretrained (frozen)
 
 One run alone: python -m mhkd_jax.main --config=configs/demo.py:kd \
-  --workdir=demo_workdir/kd (teacher paths default to demo_workdir/).
+  --workdir=demo_workdir/kd (teacher paths default to demo_workdir/ in the
+current directory).
 The students see 256 digits so that there is something to distil (with
 little labelled data the teacher's soft labels carry the most), and so that
 everything fits in a few minutes of a 2-core CPU.
@@ -26,7 +27,7 @@ Expected result (2-core AVX2 CPU, jaxlib 0.10.2, seed 0, test split of
 
   run            test acc  acc stage1/2  agree top-1  agree stage1/2  wall
   teacher          95.8                                                74 s
-  teacher_heads    95.8    47.6 / 90.0                                 24 s
+  fit_teacher_heads 95.8   47.6 / 90.0                                 24 s
   ce               88.7                                                28 s
   kd               94.0                    95.7                        37 s
   mhkd             93.8    30.4 / 77.9     95.3         61.9 / 84.7    47 s
@@ -50,17 +51,16 @@ agree with the teacher's (agree stage2 85%), not to classify well.
 
 import os
 
-from configs import default
+from mhkd_jax.configs import default
 
-RUNS = ('teacher', 'teacher_heads', 'ce', 'kd', 'mhkd')
+RUNS = ('teacher', 'fit_teacher_heads', 'ce', 'kd', 'mhkd')
 
-# The repository root: configs/ lives directly under it. The data directory
-# is absolute so that the demo works from any current directory.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.path.join(_REPO, 'tensorflow_datasets')
-# Default run directories; `python -m mhkd_jax.demo` overrides them with
-# its --workdir.
-WORKDIR = os.path.join(_REPO, 'demo_workdir')
+# The embedded data set is prepared (offline, seconds) in TFDS's default
+# data directory (~/tensorflow_datasets, or $TFDS_DATA_DIR).
+DATA_DIR = None
+# Default run directories, relative to the current directory;
+# `python -m mhkd_jax.demo` overrides them with its --workdir.
+WORKDIR = 'demo_workdir'
 
 TEACHER_MODEL = 'resnet14'
 STUDENT_MODEL = 'resnet8'
@@ -95,9 +95,11 @@ def get_config(run: str = 'mhkd', smoke: bool = False):
   config.model = STUDENT_MODEL
   config.teacher.model = TEACHER_MODEL
   config.teacher.init = os.path.join(WORKDIR, 'teacher')
-  # 'light' heads cost about a tenth of 'dih' ones (mhkd_jax/heads.py).
-  config.mhkd.head = 'light'
-  config.mhkd.head_width = 32
+  # 'light' heads cost about a tenth of 'dih' ones (mhkd_jax/heads.py);
+  # the teacher's (phase 1) and the student's are of the same kind.
+  for heads in (config.fit_teacher_heads, config.mhkd):
+    heads.head = 'light'
+    heads.head_width = 32
 
   if run == 'teacher':
     config.method = 'ce'
@@ -106,8 +108,8 @@ def get_config(run: str = 'mhkd', smoke: bool = False):
     config.teacher.init = ''
     config.batch_size = 32
     config.num_epochs = 3
-  elif run == 'teacher_heads':
-    config.method = 'teacher_heads'
+  elif run == 'fit_teacher_heads':
+    config.method = 'fit_teacher_heads'
     config.batch_size = 64
     config.num_epochs = 2
   else:
@@ -120,8 +122,8 @@ def get_config(run: str = 'mhkd', smoke: bool = False):
       config.teacher.model = ''
       config.teacher.init = ''
     elif run == 'mhkd':
-      config.mhkd.teacher_heads = 'pretrain'
-      config.teacher.init = os.path.join(WORKDIR, 'teacher_heads')
+      config.mhkd.teacher_head_mode = 'pretrain'
+      config.teacher.init = os.path.join(WORKDIR, 'fit_teacher_heads')
 
   if smoke:
     _shrink(config)
@@ -140,5 +142,6 @@ def _shrink(config) -> None:
   config.num_epochs = 1
   config.eval_every_epochs = 1
   config.log_every_steps = 1
-  config.mhkd.head = 'linear'  # the cheapest to compile
-  config.mhkd.head_width = 8
+  for heads in (config.fit_teacher_heads, config.mhkd):
+    heads.head = 'linear'  # the cheapest to compile
+    heads.head_width = 8

@@ -4,7 +4,7 @@ Tests override data.name/num_train_examples and method as they need:
   python -m mhkd_jax.main --config=configs/test.py --workdir=/tmp/t
 """
 
-from configs import default
+from mhkd_jax.configs import default
 
 
 def get_config():
@@ -20,6 +20,7 @@ def get_config():
   config.log_every_steps = 2
   config.eval_every_epochs = 1
   config.checkpoint.every_steps = 2
-  config.mhkd.head = 'light'
-  config.mhkd.head_width = 16
+  for heads in (config.fit_teacher_heads, config.mhkd):
+    heads.head = 'light'
+    heads.head_width = 16
   return config

@@ -1,0 +1,305 @@
+"""The trainer's input seam: a ``Batch``, and the inputs that produce them.
+
+The train step takes a ``Batch`` and never knows where it came from. An
+input is anything with the ``TrainInput`` (or ``EvalInput``) interface:
+
+* ``DeviceResidentInput``: the CIFAR-scale fast path. The whole split
+  lives on the devices as uint8; one small jitted program per step takes
+  the epoch permutation's slice, gathers, crops, flips and normalises on
+  the device, so nothing crosses from the host and no host pipeline can
+  starve the step.
+* ``HostFedInput``: the host holds the split and sends each process's rows
+  of every batch (``jax.make_array_from_process_local_data``); crop, flip
+  and normalisation then run on the device. It is the shape of a streaming
+  pipeline (a host iterator feeding per-process shards), and it yields
+  exactly the batches of the resident path.
+
+A train input's position is the step: batch k is a pure function of
+(the run's data key, k), so a resumed run draws exactly the batches an
+uninterrupted one would have, and nothing beyond the train state needs
+saving. The data key's halves give the epoch order (folded with the
+epoch) and the augmentation (folded with the step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from mhkd_jax import parallel
+from mhkd_jax.data import augment, datasets
+
+PIPELINES = ('device', 'host')
+
+
+@dataclasses.dataclass
+class Batch:
+  """One global batch, sharded over the data axis.
+
+  Attributes:
+    images: float32 [B, H, W, C], augmented (train) and normalised.
+    labels: int32 [B].
+    indices: int32 [B], each example's row in its split (a CRD memory bank
+      is indexed by it).
+    mask: bool [B], False on padding rows (evaluation); None in training.
+    extras: whatever else a pipeline provides, by name.
+  """
+
+  images: jax.Array
+  labels: jax.Array
+  indices: jax.Array
+  mask: jax.Array | None = None
+  extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+jax.tree_util.register_dataclass(
+  Batch, data_fields=['images', 'labels', 'indices', 'mask', 'extras'],
+  meta_fields=[],
+)
+
+
+class TrainInput(Protocol):
+  """What the training loop asks of an input."""
+
+  num_examples: int
+  batch_size: int
+  steps_per_epoch: int
+  example_shape: tuple[int, int, int]
+
+  def batches(self, start_step: int, rng: jax.Array) -> Iterator[Batch]:
+    """Batches ``start_step``, ``start_step + 1``, ... (endless)."""
+    ...
+
+
+class EvalInput(Protocol):
+  """What evaluation asks of an input: the whole split, padded."""
+
+  num_examples: int
+  num_batches: int
+
+  def batches(self) -> Iterator[Batch]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How raw uint8 images become model inputs."""
+
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  crop_padding: int
+  random_flip: bool
+
+  @classmethod
+  def from_config(cls, data_config, info: datasets.DatasetInfo):
+    flip = data_config.random_flip
+    return cls(
+      mean=info.mean, std=info.std, crop_padding=data_config.crop_padding,
+      random_flip=info.random_flip if flip is None else flip,
+    )
+
+  def train(self, rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Random crop and flip (torchvision's recipe), then normalisation."""
+    images = augment.random_crop_flip(
+      rng, images, padding=self.crop_padding, flip=self.random_flip
+    )
+    return self.eval(images)
+
+  def eval(self, images: jax.Array) -> jax.Array:
+    return augment.normalize(images, self.mean, self.std)
+
+
+def _epoch_order(order_key, epoch, num_examples):
+  return augment.epoch_permutation(order_key, epoch, num_examples)
+
+
+class _StepKeyed:
+  """Shared bookkeeping: sizes, and the keys of batch k."""
+
+  def __init__(self, split, preprocessing, batch_size, mesh):
+    self.num_examples = len(split)
+    self.batch_size = batch_size
+    self.steps_per_epoch = self.num_examples // batch_size
+    self.example_shape = tuple(split.images.shape[1:])
+    if self.steps_per_epoch == 0:
+      raise ValueError(
+        f'config.batch_size={batch_size} is larger than the '
+        f'{self.num_examples} training examples.'
+      )
+    self.preprocessing = preprocessing
+    self.mesh = mesh
+    self._permutation = jax.jit(
+      functools.partial(_epoch_order, num_examples=self.num_examples),
+      out_shardings=parallel.replicated(mesh),
+    )
+
+  def _keyed_positions(self, start_step, rng):
+    """(epoch order, position in the epoch, augmentation key) per step."""
+    order_key, augment_key = jax.random.split(rng)
+    order, order_epoch = None, -1
+    for step in itertools.count(start_step):
+      epoch, position = divmod(step, self.steps_per_epoch)
+      if epoch != order_epoch:
+        order, order_epoch = self._permutation(order_key, epoch), epoch
+      yield order, position, jax.random.fold_in(augment_key, step)
+
+
+class DeviceResidentInput(_StepKeyed):
+  """The whole split on every device; batches made on the device."""
+
+  def __init__(self, split, preprocessing, *, batch_size, mesh):
+    super().__init__(split, preprocessing, batch_size, mesh)
+    self.images, self.labels = parallel.replicate(
+      (split.images, split.labels), mesh
+    )
+    self._gather = jax.jit(
+      self.gather, out_shardings=parallel.data_sharded(mesh)
+    )
+
+  def gather(self, images, labels, order, position, rng) -> Batch:
+    """Batch ``position`` of an epoch ``order``, augmented (pure)."""
+    idx = jax.lax.dynamic_slice_in_dim(
+      order, position * self.batch_size, self.batch_size
+    )
+    # The batch is split over the 'data' axis from here on.
+    idx = jax.lax.with_sharding_constraint(
+      idx, parallel.data_sharded(self.mesh)
+    )
+    return Batch(
+      self.preprocessing.train(rng, images[idx]), labels[idx], idx
+    )
+
+  def batches(self, start_step, rng):
+    for order, position, key in self._keyed_positions(start_step, rng):
+      yield self._gather(
+        self.images, self.labels, order, jnp.int32(position), key
+      )
+
+
+class HostFedInput(_StepKeyed):
+  """The split in host memory; each process sends its rows of a batch."""
+
+  def __init__(self, split, preprocessing, *, batch_size, mesh):
+    super().__init__(split, preprocessing, batch_size, mesh)
+    self._split = split
+    self._sharding = parallel.data_sharded(mesh)
+    self._rows = parallel.process_rows(self._sharding, batch_size)
+    self._augment = jax.jit(self._augment_batch,
+                            out_shardings=self._sharding)
+
+  def _augment_batch(self, rng, images, labels, indices) -> Batch:
+    return Batch(self.preprocessing.train(rng, images), labels, indices)
+
+  def batches(self, start_step, rng):
+    host_order, order_seen = None, None
+    for order, position, key in self._keyed_positions(start_step, rng):
+      if order is not order_seen:
+        host_order, order_seen = np.asarray(jax.device_get(order)), order
+      start = position * self.batch_size
+      rows = host_order[start:start + self.batch_size][self._rows]
+      local = (self._split.images[rows], self._split.labels[rows], rows)
+      images, labels, indices = (
+        parallel.global_batch(x, self._sharding, self.batch_size)
+        for x in local
+      )
+      yield self._augment(key, images, labels, indices)
+
+
+def _padded(split: datasets.ArraySplit, batch_size: int):
+  """(images, labels, indices, mask) padded to whole batches."""
+  n = len(split)
+  extra = math.ceil(n / batch_size) * batch_size - n
+  images = np.concatenate(
+    [split.images, np.zeros((extra,) + split.images.shape[1:], np.uint8)]
+  )
+  labels = np.concatenate([split.labels, np.zeros((extra,), np.int32)])
+  indices = np.arange(n + extra, dtype=np.int32)
+  mask = np.concatenate([np.ones((n,), bool), np.zeros((extra,), bool)])
+  return images, labels, indices, mask
+
+
+class DeviceResidentEvalInput:
+  """The padded eval split on every device, sliced and normalised there."""
+
+  def __init__(self, split, preprocessing, *, batch_size, mesh):
+    self.num_examples = len(split)
+    self.num_batches = math.ceil(self.num_examples / batch_size)
+    self._arrays = parallel.replicate(_padded(split, batch_size), mesh)
+    sharding = parallel.data_sharded(mesh)
+
+    def take(arrays, index) -> Batch:
+      images, labels, indices, mask = (
+        jax.lax.with_sharding_constraint(
+          jax.lax.dynamic_slice_in_dim(a, index * batch_size, batch_size),
+          sharding,
+        )
+        for a in arrays
+      )
+      return Batch(preprocessing.eval(images), labels, indices, mask)
+
+    self._take = jax.jit(take, out_shardings=sharding)
+
+  def batches(self):
+    for i in range(self.num_batches):
+      yield self._take(self._arrays, jnp.int32(i))
+
+
+class HostFedEvalInput:
+  """The padded eval split on the host; each process sends its rows."""
+
+  def __init__(self, split, preprocessing, *, batch_size, mesh):
+    self.num_examples = len(split)
+    self.num_batches = math.ceil(self.num_examples / batch_size)
+    self._arrays = _padded(split, batch_size)
+    self._batch_size = batch_size
+    self._sharding = parallel.data_sharded(mesh)
+    self._rows = parallel.process_rows(self._sharding, batch_size)
+    self._normalize = jax.jit(
+      lambda images, *rest: Batch(preprocessing.eval(images), *rest),
+      out_shardings=self._sharding,
+    )
+
+  def batches(self):
+    for i in range(self.num_batches):
+      rows = i * self._batch_size + self._rows
+      yield self._normalize(*(
+        parallel.global_batch(a[rows], self._sharding, self._batch_size)
+        for a in self._arrays
+      ))
+
+
+_TRAIN_INPUTS = {'device': DeviceResidentInput, 'host': HostFedInput}
+_EVAL_INPUTS = {'device': DeviceResidentEvalInput, 'host': HostFedEvalInput}
+
+
+def create_inputs(
+  config, mesh: Mesh
+) -> tuple[TrainInput, EvalInput, datasets.DatasetInfo]:
+  """The train and eval inputs that ``config.data`` describes.
+
+  ``config.data.pipeline`` picks where batches are made: 'device' (the
+  split resident on the devices) or 'host' (host-fed, per process).
+  """
+  pipeline = config.data.pipeline
+  if pipeline not in PIPELINES:
+    raise ValueError(
+      f'config.data.pipeline={pipeline!r}; valid: {", ".join(PIPELINES)}.'
+    )
+  train_split, eval_split, info = datasets.load_datasets(config.data)
+  preprocessing = Preprocessing.from_config(config.data, info)
+  train_input = _TRAIN_INPUTS[pipeline](
+    train_split, preprocessing, batch_size=config.batch_size, mesh=mesh
+  )
+  eval_input = _EVAL_INPUTS[pipeline](
+    eval_split, preprocessing, batch_size=config.eval_batch_size, mesh=mesh
+  )
+  return train_input, eval_input, info

@@ -1,0 +1,170 @@
+"""A method defined outside the library trains through train_and_evaluate.
+
+The method below lives only in this test: an L2 loss between the student's
+pooled features, through a linear regressor, and the teacher's (a FitNet-
+like hint), with two pieces of method state: a step counter and a
+per-example visit count indexed by the batch's example indices. It
+registers itself and declares its config section; no library file knows
+it. The run must train it, log its terms, save and restore its state, and
+export its student.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from mhkd_jax import checkpointing, distill, features, losses, train
+from mhkd_jax import step as step_lib
+from mhkd_jax.configs import default, test as test_config
+from mhkd_jax.distill import base
+from mhkd_jax.models import create_model
+
+NUM_CLASSES = 100  # mock cifar100
+NAME = 'pooled_l2_plugin_test'
+
+
+class PooledL2(base.Method):
+  """CE + weight * ||W s_pooled - t_pooled||^2 (mean over all entries)."""
+
+  name = NAME
+
+  @classmethod
+  def default_config(cls):
+    return ml_collections.ConfigDict({'w_ce': 1.0, 'weight': 0.5})
+
+  def create_trainable(self, teacher, data, rngs):
+    student = create_model(
+      self.config.model, num_classes=data.num_classes, rngs=rngs
+    )
+    s_dim = features.feature_shapes(student, data.input_shape)['pooled'][-1]
+    t_dim = features.feature_shapes(
+      teacher.model, data.input_shape)['pooled'][-1]
+    return base.Trainable(
+      student=student,
+      regressor=nnx.Linear(s_dim, t_dim, rngs=rngs),
+      steps_seen=base.MethodState(jnp.zeros((), jnp.int32)),
+      visits=base.MethodState(
+        jnp.zeros((data.num_train_examples,), jnp.int32)
+      ),
+      last_epoch=base.MethodState(jnp.full((), -1, jnp.int32)),
+    )
+
+  def loss(self, trainable, teacher_out, batch, context):
+    logits, feats = features.forward_with_features(
+      trainable.student, batch.images, train=True
+    )
+    hint = trainable.regressor(feats['pooled'])
+    terms = {
+      'ce': losses.cross_entropy(logits, batch.labels),
+      'l2/pooled': jnp.mean((hint - teacher_out.feats['pooled']) ** 2),
+    }
+    trainable.steps_seen[...] = trainable.steps_seen[...] + 1
+    trainable.visits[...] = trainable.visits[...].at[batch.indices].add(1)
+    trainable.last_epoch[...] = context.epoch
+    total = self.cfg.w_ce * terms['ce'] + self.cfg.weight * terms['l2/pooled']
+    return total, terms, logits
+
+
+@pytest.fixture
+def plugin(monkeypatch):
+  # Registered for this test only; the registry is restored afterwards.
+  monkeypatch.setattr(base, '_REGISTRY', dict(base._REGISTRY))
+  base.register(PooledL2)
+  yield PooledL2
+
+
+@pytest.fixture(scope='module')
+def mock_cifar():
+  with tfds.testing.mock_data(num_examples=64):
+    yield
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp('teacher'))
+  model = create_model('resnet8', num_classes=NUM_CLASSES, rngs=nnx.Rngs(5))
+  checkpointing.save_teacher(
+    directory, model, model_name='resnet8', num_classes=NUM_CLASSES
+  )
+  return directory
+
+
+def _saved(workdir, step):
+  """The checkpoint of ``step`` as {'part/…/leaf': array}."""
+  tree = checkpointing.TrainCheckpointer(
+    workdir, max_to_keep=2)._manager.restore(step)
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    '/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(v)
+    for path, v in flat
+  }
+
+
+def test_method_section_joins_the_default_config(plugin):
+  assert NAME in distill.method_names()
+  config = default.get_config()
+  assert config[NAME].weight == 0.5
+  with pytest.raises(AttributeError):
+    config[NAME].wieght = 1.0  # locked like every other section
+
+
+def test_a_method_defined_in_a_test_trains_saves_resumes_and_exports(
+  plugin, mock_cifar, teacher_dir, tmp_path, monkeypatch
+):
+  config = test_config.get_config()
+  config.method = NAME
+  config.teacher.init = teacher_dir
+  workdir = str(tmp_path)
+  # Killed after the checkpoint of step 4, then restarted: the method
+  # state must come back from the checkpoint, not start again.
+  original = step_lib.create_train_step
+
+  def crashing(**kwargs):
+    real_step, calls = original(**kwargs), {'n': 0}
+
+    def step(*args):
+      calls['n'] += 1
+      if calls['n'] == 6:
+        raise KeyboardInterrupt('killed')
+      return real_step(*args)
+
+    return step
+
+  monkeypatch.setattr(step_lib, 'create_train_step', crashing)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(step_lib, 'create_train_step', original)
+  results = train.train_and_evaluate(config, workdir)
+
+  num_steps = results['num_train_steps']
+  assert num_steps == 8  # 64 examples / 16 per batch x 2 epochs
+  for key in ('loss', 'ce', 'l2/pooled', 'acc'):
+    assert np.isfinite(results['train'][key]), key
+  np.testing.assert_allclose(
+    results['train']['loss'],
+    results['train']['ce'] + 0.5 * results['train']['l2/pooled'], rtol=1e-5,
+  )
+  assert {'eval/acc', 'eval/teacher_acc', 'eval/agree_top1'} <= set(
+    results['final']
+  )
+  saved = _saved(workdir, num_steps)
+  # Method state: updated in the step, checkpointed, restored on resume.
+  assert _saved(workdir, num_steps - 2)['buffers/steps_seen/value'] == 6
+  assert saved['buffers/steps_seen/value'] == num_steps
+  np.testing.assert_array_equal(saved['buffers/visits/value'],
+                                np.full((64,), 2))  # each example per epoch
+  assert saved['buffers/last_epoch/value'] == 1
+  # ... and never given to the optimizer; the regressor is.
+  opt_keys = [k for k in saved if k.startswith('opt_state/')]
+  assert not any('steps_seen' in k or 'visits' in k for k in opt_keys)
+  assert any('regressor' in k for k in opt_keys)
+  kernel = saved['params/regressor/kernel/value']
+  before = _saved(workdir, num_steps - 2)['params/regressor/kernel/value']
+  assert kernel.shape == (64, 64) and not np.allclose(kernel, before)
+  # The default export: the student, loadable as a teacher.
+  exported = checkpointing.load_teacher(workdir)
+  assert exported.name == 'resnet8' and exported.heads is None
