@@ -14,9 +14,10 @@ and SGD. Both are timed together, step by step with ``block_until_ready``
 ``--also-fused-input`` also times both programs fused into one. The PyTorch
 step is ``experiments/pytorch_baseline/train_step.py`` (RepDistiller
 semantics) on a batch that is already normalised (its data loading is not
-timed, while the JAX input's gather and augmentation are). Both run in one process, in
-alternating blocks of steps after a warm-up, so that machine load drifts
-hit both; only the ratio of one run is meaningful on a shared machine.
+timed, while the JAX input's gather and augmentation are). Both run in one
+process, in alternating blocks of steps after a warm-up, so that machine
+load drifts hit both; only the ratio of one run is meaningful on a shared
+machine.
 
 Both frameworks get the same CPU threads: the process is pinned to
 ``--threads`` cores (default: every core this process may use), which

@@ -13,3 +13,66 @@ import jax  # noqa: E402
 
 # Short compiles: the tests check values, not speed.
 jax.config.update('jax_disable_most_optimizations', True)
+
+import pytest  # noqa: E402
+
+# Classes of the mock CIFAR-100 that `mock_cifar100` serves.
+MOCK_CIFAR100_CLASSES = 100
+
+
+@pytest.fixture(scope='module')
+def mock_cifar100():
+  """TFDS serves 64 random examples for any split of cifar100."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+
+  with tfds.testing.mock_data(num_examples=64):
+    yield
+
+
+@pytest.fixture(scope='module')
+def resnet8_teacher_dir(tmp_path_factory):
+  """A teacher checkpoint of a random resnet8 for the mock CIFAR-100."""
+  from flax import nnx  # noqa: PLC0415
+
+  from mhkd_jax import checkpointing  # noqa: PLC0415
+  from mhkd_jax.models import create_model  # noqa: PLC0415
+
+  directory = str(tmp_path_factory.mktemp('teacher'))
+  model = create_model(
+    'resnet8', num_classes=MOCK_CIFAR100_CLASSES, rngs=nnx.Rngs(5)
+  )
+  checkpointing.save_teacher(
+    directory, model, model_name='resnet8',
+    num_classes=MOCK_CIFAR100_CLASSES,
+  )
+  return directory
+
+
+@pytest.fixture
+def disrupt_train_step(monkeypatch):
+  """``disrupt(at_call, action)``: the train steps that runs build from now
+  on call ``action()`` (raise KeyboardInterrupt as a kill would, send a
+  SIGTERM as a scheduler would) before their ``at_call``-th step;
+  ``disrupt.restore()`` gives runs the real step again."""
+  from mhkd_jax import step as step_lib  # noqa: PLC0415
+
+  original = step_lib.create_train_step
+
+  def disrupt(at_call, action):
+    def create(**kwargs):
+      real_step, calls = original(**kwargs), {'n': 0}
+
+      def step(*args):
+        calls['n'] += 1
+        if calls['n'] == at_call:
+          action()
+        return real_step(*args)
+
+      return step
+
+    monkeypatch.setattr(step_lib, 'create_train_step', create)
+
+  disrupt.restore = lambda: monkeypatch.setattr(
+    step_lib, 'create_train_step', original
+  )
+  return disrupt

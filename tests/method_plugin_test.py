@@ -14,16 +14,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from flax import nnx
 
 from mhkd_jax import checkpointing, distill, features, losses, train
-from mhkd_jax import step as step_lib
 from mhkd_jax.configs import default, test as test_config
 from mhkd_jax.distill import base
 from mhkd_jax.models import create_model
 
-NUM_CLASSES = 100  # mock cifar100
 NAME = 'pooled_l2_plugin_test'
 
 
@@ -77,22 +74,6 @@ def plugin(monkeypatch):
   yield PooledL2
 
 
-@pytest.fixture(scope='module')
-def mock_cifar():
-  with tfds.testing.mock_data(num_examples=64):
-    yield
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp('teacher'))
-  model = create_model('resnet8', num_classes=NUM_CLASSES, rngs=nnx.Rngs(5))
-  checkpointing.save_teacher(
-    directory, model, model_name='resnet8', num_classes=NUM_CLASSES
-  )
-  return directory
-
-
 def _saved(workdir, step):
   """The checkpoint of ``step`` as {'part/…/leaf': array}."""
   tree = checkpointing.TrainCheckpointer(
@@ -113,31 +94,22 @@ def test_method_section_joins_the_default_config(plugin):
 
 
 def test_a_method_defined_in_a_test_trains_saves_resumes_and_exports(
-  plugin, mock_cifar, teacher_dir, tmp_path, monkeypatch
+  plugin, mock_cifar100, resnet8_teacher_dir, tmp_path, disrupt_train_step
 ):
   config = test_config.get_config()
   config.method = NAME
-  config.teacher.init = teacher_dir
+  config.teacher.init = resnet8_teacher_dir
   workdir = str(tmp_path)
   # Killed after the checkpoint of step 4, then restarted: the method
   # state must come back from the checkpoint, not start again.
-  original = step_lib.create_train_step
 
-  def crashing(**kwargs):
-    real_step, calls = original(**kwargs), {'n': 0}
+  def kill():
+    raise KeyboardInterrupt('killed')
 
-    def step(*args):
-      calls['n'] += 1
-      if calls['n'] == 6:
-        raise KeyboardInterrupt('killed')
-      return real_step(*args)
-
-    return step
-
-  monkeypatch.setattr(step_lib, 'create_train_step', crashing)
+  disrupt_train_step(at_call=6, action=kill)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, workdir)
-  monkeypatch.setattr(step_lib, 'create_train_step', original)
+  disrupt_train_step.restore()
   results = train.train_and_evaluate(config, workdir)
 
   num_steps = results['num_train_steps']

@@ -7,10 +7,9 @@ import signal
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from flax import nnx
 
-from mhkd_jax import checkpointing, step as step_lib, train
+from mhkd_jax import checkpointing, train
 from mhkd_jax.configs import test as test_config
 from mhkd_jax.models import create_model
 
@@ -18,19 +17,21 @@ NUM_CLASSES = 100  # mock cifar100
 
 
 @pytest.fixture(scope='module')
-def mock_cifar():
-  with tfds.testing.mock_data(num_examples=64):
-    yield
+def mock_cifar(mock_cifar100):
+  yield
 
 
 @pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp('teacher'))
-  model = create_model('resnet8', num_classes=NUM_CLASSES, rngs=nnx.Rngs(5))
-  checkpointing.save_teacher(
-    directory, model, model_name='resnet8', num_classes=NUM_CLASSES
-  )
-  return directory
+def teacher_dir(resnet8_teacher_dir):
+  return resnet8_teacher_dir
+
+
+def _kill():
+  raise KeyboardInterrupt('killed')
+
+
+def _sigterm():
+  os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _config(teacher_dir, method='mhkd'):
@@ -75,31 +76,17 @@ def test_writes_results_json_with_every_metric(uninterrupted):
 
 
 def test_killed_and_restarted_equals_uninterrupted(
-  uninterrupted, mock_cifar, teacher_dir, tmp_path, monkeypatch
+  uninterrupted, mock_cifar, teacher_dir, tmp_path, disrupt_train_step
 ):
   workdir = str(tmp_path)
   config = _config(teacher_dir)
-  original = step_lib.create_train_step
-
-  def crashing_train_step(**kwargs):
-    real_step = original(**kwargs)
-    calls = {'n': 0}
-
-    def step(*args):
-      calls['n'] += 1
-      if calls['n'] == 6:  # dies after the checkpoint at step 4
-        raise KeyboardInterrupt('killed')
-      return real_step(*args)
-
-    return step
-
-  monkeypatch.setattr(step_lib, 'create_train_step', crashing_train_step)
+  disrupt_train_step(at_call=6, action=_kill)  # after the step-4 checkpoint
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, workdir)
   assert checkpointing.TrainCheckpointer(
     workdir, max_to_keep=2).latest_step() == 4
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
-  monkeypatch.setattr(step_lib, 'create_train_step', original)
+  disrupt_train_step.restore()
   resumed = train.train_and_evaluate(config, workdir)
 
   expected_dir, expected = uninterrupted
@@ -109,32 +96,11 @@ def test_killed_and_restarted_equals_uninterrupted(
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def _signalling_train_step(monkeypatch, at_call):
-  """Makes the train step send this process SIGTERM during call
-  ``at_call``, as a scheduler would."""
-  original = step_lib.create_train_step
-
-  def create(**kwargs):
-    real_step = original(**kwargs)
-    calls = {'n': 0}
-
-    def step(*args):
-      calls['n'] += 1
-      if calls['n'] == at_call:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return real_step(*args)
-
-    return step
-
-  monkeypatch.setattr(step_lib, 'create_train_step', create)
-  return original
-
-
 def test_sigterm_saves_and_stops_then_a_new_run_is_not_stopped(
-  uninterrupted, mock_cifar, teacher_dir, tmp_path, monkeypatch
+  uninterrupted, mock_cifar, teacher_dir, tmp_path, disrupt_train_step
 ):
   previous = signal.getsignal(signal.SIGTERM)
-  original = _signalling_train_step(monkeypatch, at_call=3)
+  disrupt_train_step(at_call=3, action=_sigterm)
   config = _config(teacher_dir)
   workdir = str(tmp_path)
   out = train.train_and_evaluate(config, workdir)
@@ -144,7 +110,7 @@ def test_sigterm_saves_and_stops_then_a_new_run_is_not_stopped(
   # The run's handler is gone and its flag with it: the next run in this
   # process resumes at step 3 and finishes like an uninterrupted run.
   assert signal.getsignal(signal.SIGTERM) is previous
-  monkeypatch.setattr(step_lib, 'create_train_step', original)
+  disrupt_train_step.restore()
   resumed = train.train_and_evaluate(config, workdir)
   _, expected = uninterrupted
   assert resumed['final'] == pytest.approx(expected['final'], abs=1e-6)

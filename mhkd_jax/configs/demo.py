@@ -25,16 +25,16 @@ everything fits in a few minutes of a 2-core CPU.
 Expected result (2-core AVX2 CPU, jaxlib 0.10.2, seed 0, test split of
 1,000 digits, last epoch; bit-identical in two runs):
 
-  run            test acc  acc stage1/2  agree top-1  agree stage1/2  wall
-  teacher          95.8                                                74 s
-  fit_teacher_heads 95.8   47.6 / 90.0                                 24 s
-  ce               88.7                                                28 s
-  kd               94.0                    95.7                        37 s
-  mhkd             93.8    30.4 / 77.9     95.3         61.9 / 84.7    47 s
+  run               test acc  acc stage1/2  agree top-1  agree stage1/2  wall
+  teacher             95.8                                               70 s
+  fit_teacher_heads   95.8    47.6 / 90.0                                19 s
+  ce                  88.7                                               25 s
+  kd                  94.0                    95.7                       34 s
+  mhkd                93.8    30.4 / 77.9     95.3         61.9 / 84.7   42 s
 
-Whole command: 3 min 42 s wall on an otherwise idle machine (4 min 32 s
-before the teacher's eval outputs were cached, with other jobs holding
-about one core); 219 s of it in the five runs, compiles included. The
+Whole command: 3 min 21 s wall on an otherwise idle machine (the same
+table before and after the trainer's seams were opened); 190 s of it in
+the five runs, compiles included. The
 figures change with the summation order of XLA's CPU convolutions
 (mhkd_jax/step.py picks the library): with XLA's default library the same
 config gave teacher 96.4, ce 90.9, kd 93.9, mhkd 94.1.

@@ -38,7 +38,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mhkd_jax import features
+from mhkd_jax import features, models
 
 # Output names: the student's logits, and the frozen teacher's. A head on
 # stage k of either network is '<role>/stage<k>'.
@@ -179,6 +179,12 @@ class Method:
     self, teacher: Teacher | None, data: DataSpec, rngs: nnx.Rngs
   ) -> Trainable:
     raise NotImplementedError
+
+  def create_student(self, data: DataSpec, rngs: nnx.Rngs) -> nnx.Module:
+    """The student network that ``config.model`` names."""
+    return models.create_model(
+      self.config.model, num_classes=data.num_classes, rngs=rngs
+    )
 
   def loss(
     self,

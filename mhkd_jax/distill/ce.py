@@ -3,7 +3,6 @@ the teachers themselves."""
 
 from mhkd_jax import features, losses
 from mhkd_jax.distill import base
-from mhkd_jax.models import create_model
 
 
 @base.register
@@ -15,10 +14,7 @@ class CrossEntropy(base.Method):
 
   def create_trainable(self, teacher, data, rngs):
     del teacher
-    model = create_model(
-      self.config.model, num_classes=data.num_classes, rngs=rngs
-    )
-    return base.Trainable(student=model)
+    return base.Trainable(student=self.create_student(data, rngs))
 
   def loss(self, trainable, teacher_out, batch, context):
     del teacher_out, context

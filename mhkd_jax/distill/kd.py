@@ -5,7 +5,6 @@ import ml_collections
 
 from mhkd_jax import features, losses
 from mhkd_jax.distill import base
-from mhkd_jax.models import create_model
 
 
 @base.register
@@ -23,10 +22,7 @@ class KD(base.Method):
 
   def create_trainable(self, teacher, data, rngs):
     del teacher
-    model = create_model(
-      self.config.model, num_classes=data.num_classes, rngs=rngs
-    )
-    return base.Trainable(student=model)
+    return base.Trainable(student=self.create_student(data, rngs))
 
   def loss(self, trainable, teacher_out, batch, context):
     del context

@@ -21,7 +21,6 @@ import ml_collections
 
 from mhkd_jax import features, heads, losses
 from mhkd_jax.distill import base
-from mhkd_jax.models import create_model
 
 # Where the teacher's heads come from: fitted by a fit_teacher_heads run
 # and loaded frozen with the teacher, or trained in this run.
@@ -69,9 +68,7 @@ class MHKD(base.Method):
         f'config.mhkd.teacher_head_mode={cfg.teacher_head_mode!r}; valid: '
         f'{", ".join(TEACHER_HEAD_MODES)}.'
       )
-    model = create_model(
-      self.config.model, num_classes=data.num_classes, rngs=rngs
-    )
+    model = self.create_student(data, rngs)
     student_heads = heads.create_heads(
       cfg.head, model, tuple(cfg.stages) or None,
       num_classes=data.num_classes, input_shape=data.input_shape,
