@@ -20,12 +20,15 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from mhkd_jax import errors
+from mhkd_jax import workdir as workdir_lib
 from mhkd_jax.configs import demo as demo_config
 
 # A run's record next to its results.json: the config it ran with (so that
 # a finished run is reused only for the same experiment) and its wall time.
 RECORD = 'demo_run.json'
 RESULTS_MD = 'results.md'
+LOG_FILE = 'demo.log'
 CURVES_PNG = 'learning_curves.png'
 STUDENTS = ('ce', 'kd', 'mhkd')
 _LABELS = {
@@ -40,7 +43,7 @@ _LABELS = {
 _LOCATION_KEYS = (('teacher', 'init'), ('data', 'data_dir'))
 
 
-class DemoWorkdirMismatchError(ValueError):
+class DemoWorkdirMismatchError(errors.WorkdirError, ValueError):
   """A run directory holds a run of a different configuration."""
 
 
@@ -77,17 +80,10 @@ def _experiment(config) -> dict:
 
 
 def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return workdir_lib.read_json(path) if os.path.exists(path) else None
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+_write_json = workdir_lib.write_json
 
 
 def run_one(run: str, config, run_dir: str) -> tuple[dict, float, bool]:
@@ -136,7 +132,8 @@ def run_one(run: str, config, run_dir: str) -> tuple[dict, float, bool]:
 
 
 def run_demo(
-  workdir: str, *, smoke: bool = False, data_dir: str | None = None
+  workdir: str, *, smoke: bool = False, data_dir: str | None = None,
+  announce: bool = False,
 ) -> str:
   """Runs (or reuses) every demo run and writes the report.
 
@@ -144,6 +141,7 @@ def run_demo(
     workdir: the demo's directory (created if needed).
     smoke: tiny configs, seconds per run: checks the pipeline, not MHKD.
     data_dir: TFDS data directory (None: the config's).
+    announce: print one line per run as it finishes.
 
   Returns:
     The markdown of ``workdir/results.md``.
@@ -160,6 +158,8 @@ def run_demo(
       stopped = run
       break
     finished[run] = {'results': results, 'wall': wall, 'reused': reused}
+    if announce:
+      print(_run_line(i, len(configs), run, finished[run]), flush=True)
   total = time.time() - start
   markdown = format_report(finished, configs, total, stopped=stopped)
   with open(os.path.join(workdir, RESULTS_MD), 'w') as f:
@@ -167,6 +167,14 @@ def run_demo(
   if any(s in finished for s in STUDENTS):
     plot_learning_curves(finished, os.path.join(workdir, CURVES_PNG))
   return markdown
+
+
+def _run_line(i: int, n: int, run: str, entry: dict) -> str:
+  """'[3/5] student, vanilla CE: test acc 88.7% (25 s)'."""
+  final = entry['results'].get('final', {})
+  acc = final.get('eval/acc', final.get('eval/teacher_acc'))
+  how = 'reused' if entry['reused'] else f'{entry["wall"]:.0f} s'
+  return f'[{i + 1}/{n}] {_LABELS[run]}: test acc {_pct(acc)}% ({how})'
 
 
 # --------------------------------------------------------------------------
@@ -327,11 +335,26 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  markdown = run_demo(flags.FLAGS.workdir, smoke=flags.FLAGS.smoke)
-  print(markdown, flush=True)
+  from mhkd_jax import cli, progress  # noqa: PLC0415
+
+  workdir = flags.FLAGS.workdir
+  cli.quiet_logs()
+  cli.log_to_file(os.path.join(workdir, LOG_FILE))
+  # Five runs in a row: each one's bar goes when it ends, and one line per
+  # run says how it went; evaluations are in the log and TensorBoard.
+  progress.configure(plain_interval_s=None, evals=False, leave=False)
+  print(f'The demo trains {len(demo_config.RUNS)} runs in {workdir} '
+        f'(log: {os.path.join(workdir, LOG_FILE)}).', flush=True)
+
+  def demo():
+    print(run_demo(workdir, smoke=flags.FLAGS.smoke, announce=True),
+          flush=True)
+
+  cli.run(demo)
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from mhkd_jax import cli as _cli  # noqa: PLC0415
+
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_cli.parse_flags)

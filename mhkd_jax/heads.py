@@ -19,7 +19,7 @@ import dataclasses
 import jax
 from flax import nnx
 
-from mhkd_jax import features
+from mhkd_jax import errors, features
 from mhkd_jax.models import layers
 
 HEAD_KINDS = ('dih', 'light', 'linear')
@@ -145,7 +145,7 @@ def create_heads(
     width: channel width of the head (None: the kind's default).
   """
   if kind not in _HEAD_CLASSES:
-    raise ValueError(
+    raise errors.ConfigError(
       f'Unknown head kind {kind!r}; valid kinds: {", ".join(HEAD_KINDS)}.'
     )
   shapes = features.feature_shapes(model, input_shape)
@@ -155,7 +155,7 @@ def create_heads(
   stages = tuple(stages)
   missing = [s for s in stages if s not in available]
   if missing or not stages:
-    raise ValueError(
+    raise errors.ConfigError(
       f'Cannot attach heads to stages {stages}: {type(model).__name__} '
       f'has stages {available}.'
     )

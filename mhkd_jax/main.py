@@ -3,14 +3,18 @@
   python -m mhkd_jax.main --config=configs/X.py[:arg] --workdir=DIR \
       [--config.key=value ...]
 
-Re-running the same command resumes from the last checkpoint in DIR.
+Re-running the same command resumes from the last checkpoint in DIR. The
+terminal shows a progress line and one line per evaluation; every log line
+goes to DIR/log.txt (``--verbosity=0`` shows them here too). A bad config
+or input stops with one message (``--verbosity=1`` adds the traceback).
 """
 
-import logging as std_logging
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mhkd_jax import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 config_flags.DEFINE_config_file(
@@ -18,26 +22,13 @@ config_flags.DEFINE_config_file(
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
-
-class _QuietOrbax(std_logging.Filter):
-  """Drops orbax's per-save INFO lines; its warnings and errors still show."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or (
-      f'{os.sep}orbax{os.sep}' not in record.pathname
-    )
-
-
-def quiet_library_logs() -> None:
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+LOG_FILE = 'log.txt'
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # TensorFlow only reads data: keep it off the accelerators JAX uses.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  quiet_library_logs()
+  cli.quiet_logs()
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set by users)
 
   if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get(
@@ -45,15 +36,19 @@ def main(argv):
   ):
     # Multi-host pod slices / GPU clusters: one process per host.
     jax.distributed.initialize()
-  from mhkd_jax import train  # noqa: PLC0415
+  from mhkd_jax import train, validation  # noqa: PLC0415
 
+  config, workdir = flags.FLAGS.config, _WORKDIR.value
+  # A config that cannot run stops here, before the workdir is touched.
+  cli.run(validation.validate, config)
+  cli.log_to_file(os.path.join(workdir, LOG_FILE))
   logging.info(
     'JAX process %d/%d, %d local / %d global devices (%s).',
     jax.process_index(), jax.process_count(), jax.local_device_count(),
     jax.device_count(), jax.devices()[0].platform,
   )
-  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  cli.run(train.train_and_evaluate, config, workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

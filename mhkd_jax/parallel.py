@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from mhkd_jax import errors
+
 DATA_AXIS = 'data'
 
 
@@ -18,7 +20,7 @@ def create_mesh(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
   if num_devices is not None:
     if num_devices > len(devices):
-      raise ValueError(
+      raise errors.ConfigError(
         f'Asked for {num_devices} devices; only {len(devices)} are present.'
       )
     devices = devices[:num_devices]
@@ -70,13 +72,3 @@ def global_batch(
   return jax.make_array_from_process_local_data(
     sharding, local, (batch_size,) + local.shape[1:]
   )
-
-
-def check_batch_size(batch_size: int, mesh: Mesh, *, key: str) -> None:
-  """``config.<key>`` must split evenly over the data axis."""
-  n = mesh.shape[DATA_AXIS]
-  if batch_size <= 0 or batch_size % n:
-    raise ValueError(
-      f'config.{key}={batch_size} must be a positive multiple of the {n} '
-      f'devices of the data mesh; use a multiple of {n}.'
-    )

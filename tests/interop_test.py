@@ -10,7 +10,9 @@ imports the file, and compares logits and every sown feature in eval mode.
 import argparse
 import fractions
 import json
+import os
 import pathlib
+import subprocess
 import sys
 import warnings
 
@@ -393,12 +395,50 @@ def test_last_pth_with_namespace_loads_weights_only(tmp_path, resnet8):
   np.testing.assert_allclose(_logits(model, x), ref, atol=LOGIT_TOL)
 
 
-def test_other_pickled_objects_fall_back_with_warning(tmp_path, resnet8):
+class _Payload:
+  """Unpickling this runs os.makedirs(marker): code from the file."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.makedirs, (self.marker,))
+
+
+def test_a_pickled_payload_is_refused_and_never_runs(tmp_path, resnet8):
+  sd, _, _ = resnet8
+  marker = tmp_path / 'payload_ran'
+  path = _save(tmp_path / 'evil.pth', sd, note=_Payload(marker))
+  with pytest.raises(repdistiller.UnsafeCheckpointError,
+                     match=r'pickled os\.makedirs.*--allow_unsafe_pickle'):
+    repdistiller.load_repdistiller_checkpoint(
+      path, 'resnet8', num_classes=100
+    )
+  assert not marker.exists()
+  # The command line: the message alone, a non-zero exit, nothing written.
+  proc = subprocess.run(
+    [sys.executable, '-m', 'mhkd_jax.interop.repdistiller', '--name',
+     'resnet8', '--pth', path, '--workdir', str(tmp_path / 'teacher')],
+    capture_output=True, text=True, timeout=300,
+  )
+  assert proc.returncode != 0
+  assert 'UnsafeCheckpointError' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not marker.exists()
+  assert not (tmp_path / 'teacher').exists()
+
+
+def test_unsafe_pickle_loads_only_when_allowed(tmp_path, resnet8):
   sd, x, ref = resnet8
   path = _save(tmp_path / 'odd.pth', sd, note=fractions.Fraction(1, 3))
-  with pytest.warns(UserWarning, match='weights_only=False'):
-    model = repdistiller.load_repdistiller_checkpoint(
+  with pytest.raises(repdistiller.UnsafeCheckpointError,
+                     match='fractions.Fraction'):
+    repdistiller.load_repdistiller_checkpoint(
       path, 'resnet8', num_classes=100
+    )
+  with pytest.warns(UserWarning, match='runs code from the file'):
+    model = repdistiller.load_repdistiller_checkpoint(
+      path, 'resnet8', num_classes=100, allow_unsafe_pickle=True
     )
   np.testing.assert_allclose(_logits(model, x), ref, atol=LOGIT_TOL)
 

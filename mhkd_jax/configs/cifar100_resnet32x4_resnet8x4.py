@@ -33,6 +33,7 @@ Default teacher paths follow these workdirs; override with
 ``python -m mhkd_jax.interop.repdistiller``).
 """
 
+from mhkd_jax import errors
 from mhkd_jax.configs import default
 
 RUNS = (
@@ -43,7 +44,9 @@ RUNS = (
 
 def get_config(run: str = 'mhkd'):
   if run not in RUNS:
-    raise ValueError(f'Unknown run {run!r}; valid runs: {", ".join(RUNS)}.')
+    raise errors.ConfigError(
+      f'Unknown run {run!r}; valid runs: {", ".join(RUNS)}.'
+    )
   config = default.get_config()
   config.data.name = 'cifar100'
   config.model = 'resnet8x4'

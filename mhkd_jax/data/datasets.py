@@ -10,13 +10,18 @@ cannot download it on the fly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging as std_logging
 import shlex
 from typing import Any
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mhkd_jax import errors
 
 # Rows per tf.data batch when pulling a split into numpy. Large enough that
 # the Python loop is negligible, small enough to bound the transient memory.
@@ -66,7 +71,7 @@ class ArraySplit:
     return int(self.labels.shape[0])
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(errors.UserError, RuntimeError):
   """The data set is not in `data_dir`; the message gives the command."""
 
 
@@ -129,7 +134,7 @@ def dataset_info(name: str) -> DatasetInfo:
   try:
     return _DATASETS[name]
   except KeyError:
-    raise ValueError(
+    raise errors.ConfigError(
       f'Unknown data set {name!r}; valid names: {", ".join(_DATASETS)}.'
     ) from None
 
@@ -156,6 +161,30 @@ def _keep_tensorflow_off_accelerators() -> None:
   except RuntimeError:
     # Devices already initialised (by an earlier call or by the caller).
     pass
+
+
+class _DropUnpreparedWarning(std_logging.Filter):
+  """TFDS warns that a version folder has no dataset_info.json while it
+  looks for a data set that is not prepared yet; that is expected here."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return 'has no dataset_info.json' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _tfds_chatter_to_log():
+  """What TFDS prints while it finds or prepares a data set goes to the
+  INFO log, not to the terminal (the demo prepares its digits this way)."""
+  printed, drop = io.StringIO(), _DropUnpreparedWarning()
+  absl_logger = std_logging.getLogger('absl')
+  absl_logger.addFilter(drop)
+  try:
+    with contextlib.redirect_stdout(printed):
+      yield
+  finally:
+    absl_logger.removeFilter(drop)
+    if printed.getvalue().strip():
+      logging.info('TFDS: %s', printed.getvalue().strip())
 
 
 def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -277,6 +306,20 @@ def load_split(
   """
   info = dataset_info(name)
   _keep_tensorflow_off_accelerators()
+  with _tfds_chatter_to_log():
+    images, labels = _read_split(name, split, data_dir, num_examples)
+  images = _to_image_shape(images, info.image_shape)
+  labels = labels.astype(np.int32)
+  if labels.min() < 0 or labels.max() >= info.num_classes:
+    raise ValueError(
+      f'{name}/{split}: labels outside [0, {info.num_classes}): '
+      f'[{labels.min()}, {labels.max()}].'
+    )
+  return ArraySplit(images=images, labels=labels)
+
+
+def _read_split(name, split, data_dir, num_examples):
+  """(images, labels) as stored, preparing the embedded data if needed."""
   builder = create_builder(name, data_dir)
   if name in _AUTO_PREPARE and not builder.is_prepared():
     # Under `mock_data` this is a no-op and the mock serves the examples.
@@ -307,15 +350,7 @@ def load_split(
   _check_num_examples(name, split, num_examples, len(labels))
   if num_examples is not None:
     images, labels = images[:num_examples], labels[:num_examples]
-
-  images = _to_image_shape(images, info.image_shape)
-  labels = labels.astype(np.int32)
-  if labels.min() < 0 or labels.max() >= info.num_classes:
-    raise ValueError(
-      f'{name}/{split}: labels outside [0, {info.num_classes}): '
-      f'[{labels.min()}, {labels.max()}].'
-    )
-  return ArraySplit(images=images, labels=labels)
+  return images, labels
 
 
 def _check_num_examples(
@@ -324,9 +359,9 @@ def _check_num_examples(
   if requested is None:
     return
   if requested <= 0:
-    raise ValueError(f'num_examples must be positive, got {requested}.')
+    raise errors.ConfigError(f'num_examples must be positive, got {requested}.')
   if requested > available:
-    raise ValueError(
+    raise errors.ConfigError(
       f'{name}/{split} has {available} examples; {requested} requested.'
     )
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from mhkd_jax import parallel
+from mhkd_jax import errors, parallel
 from mhkd_jax.data import augment, datasets
 
 PIPELINES = ('device', 'host')
@@ -131,7 +131,7 @@ class _StepKeyed:
     self.steps_per_epoch = self.num_examples // batch_size
     self.example_shape = tuple(split.images.shape[1:])
     if self.steps_per_epoch == 0:
-      raise ValueError(
+      raise errors.ConfigError(
         f'config.batch_size={batch_size} is larger than the '
         f'{self.num_examples} training examples.'
       )
@@ -291,7 +291,7 @@ def create_inputs(
   """
   pipeline = config.data.pipeline
   if pipeline not in PIPELINES:
-    raise ValueError(
+    raise errors.ConfigError(
       f'config.data.pipeline={pipeline!r}; valid: {", ".join(PIPELINES)}.'
     )
   train_split, eval_split, info = datasets.load_datasets(config.data)

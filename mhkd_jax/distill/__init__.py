@@ -12,6 +12,7 @@ import pkgutil
 
 import ml_collections
 
+from mhkd_jax import errors
 from mhkd_jax.distill import base
 
 for _module in pkgutil.iter_modules(__path__):
@@ -27,7 +28,7 @@ def get_method(name: str) -> type[base.Method]:
   """The method class called ``name``; unknown names list the valid ones."""
   methods = base.registry()
   if name not in methods:
-    raise ValueError(
+    raise errors.ConfigError(
       f'Unknown method {name!r}. Valid methods: {", ".join(method_names())}.'
     )
   return methods[name]

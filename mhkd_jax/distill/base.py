@@ -8,6 +8,7 @@ A method is one class in one module of this package, registered with
   assembles every registered method's section, so adding a method never
   edits ``configs/default.py``);
 * ``needs_teacher``: whether a run of it loads a frozen teacher;
+* ``validate_config(check)``: the impossible values of its section;
 * ``create_trainable(teacher, data, rngs)``: everything the run optimises,
   as named parts of a ``Trainable`` (a student, heads, a regressor, an
   embedding...). Variables of type ``MethodState`` (a memory bank, a
@@ -174,6 +175,12 @@ class Method:
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.cfg = config.get(self.name) if self.default_config() else None
+
+  def validate_config(self, check) -> None:
+    """Records impossible values of this method's section on ``check``
+    (a ``validation.Checker``: ``check.number('kd.temperature',
+    minimum=0, strict=True)``); called before any data is read."""
+    del check
 
   def create_trainable(
     self, teacher: Teacher | None, data: DataSpec, rngs: nnx.Rngs

@@ -31,6 +31,12 @@ class FitTeacherHeads(base.Method):
     cfg.stages = ()
     return cfg
 
+  def validate_config(self, check):
+    check.choice('fit_teacher_heads.head', heads.HEAD_KINDS, 'head kind')
+    check.number('fit_teacher_heads.head_width', minimum=1, integer=True,
+                 optional=True)
+    check.names('fit_teacher_heads.stages')
+
   def create_trainable(self, teacher, data, rngs):
     teacher_heads = heads.create_heads(
       self.cfg.head, teacher.model, tuple(self.cfg.stages) or None,

@@ -20,6 +20,11 @@ class KD(base.Method):
       {'temperature': 4.0, 'w_ce': 0.1, 'w_kd': 0.9}
     )
 
+  def validate_config(self, check):
+    check.number('kd.temperature', minimum=0, strict=True)
+    for weight in ('w_ce', 'w_kd'):
+      check.number(f'kd.{weight}', minimum=0)
+
   def create_trainable(self, teacher, data, rngs):
     del teacher
     return base.Trainable(student=self.create_student(data, rngs))

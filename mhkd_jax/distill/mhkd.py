@@ -19,7 +19,7 @@ pulls them.
 import jax
 import ml_collections
 
-from mhkd_jax import features, heads, losses
+from mhkd_jax import errors, features, heads, losses
 from mhkd_jax.distill import base
 
 # Where the teacher's heads come from: fitted by a fit_teacher_heads run
@@ -57,6 +57,17 @@ class MHKD(base.Method):
     cfg.w_head_ce = 0.0
     return cfg
 
+  def validate_config(self, check):
+    check.choice('mhkd.head', heads.HEAD_KINDS, 'head kind')
+    check.number('mhkd.head_width', minimum=1, integer=True, optional=True)
+    check.choice('mhkd.teacher_head_mode', TEACHER_HEAD_MODES,
+                 'teacher head mode')
+    check.number('mhkd.temperature', minimum=0, strict=True)
+    for weight in ('w_ce', 'w_kd', 'w_head', 'w_head_ce'):
+      check.number(f'mhkd.{weight}', minimum=0)
+    check.names('mhkd.stages')
+    check.names('mhkd.teacher_stages')
+
   @property
   def online(self) -> bool:
     return self.cfg.teacher_head_mode == 'online'
@@ -64,7 +75,7 @@ class MHKD(base.Method):
   def create_trainable(self, teacher, data, rngs):
     cfg = self.cfg
     if cfg.teacher_head_mode not in TEACHER_HEAD_MODES:
-      raise ValueError(
+      raise errors.ConfigError(
         f'config.mhkd.teacher_head_mode={cfg.teacher_head_mode!r}; valid: '
         f'{", ".join(TEACHER_HEAD_MODES)}.'
       )
@@ -90,7 +101,7 @@ class MHKD(base.Method):
     """(student stage, teacher stage) pairs: the one pairing rule."""
     t_stages = tuple(self.cfg.teacher_stages) or tuple(student_stages)
     if len(t_stages) != len(student_stages):
-      raise ValueError(
+      raise errors.ConfigError(
         f'config.mhkd.teacher_stages {t_stages} must pair one to one with '
         f'the student stages {tuple(student_stages)}.'
       )
@@ -166,7 +177,7 @@ class MHKD(base.Method):
 def _check_frozen_teacher_heads(teacher, t_stages) -> None:
   """'pretrain' mode: the teacher must arrive with heads on those stages."""
   if teacher.heads is None:
-    raise ValueError(
+    raise errors.ConfigError(
       "config.mhkd.teacher_head_mode='pretrain' needs a teacher checkpoint "
       'that holds fitted teacher heads, and config.teacher.init has none. '
       'Fit them first with the fit_teacher_heads method (phase 1, e.g. '
@@ -176,7 +187,7 @@ def _check_frozen_teacher_heads(teacher, t_stages) -> None:
     )
   missing = [s for s in t_stages if s not in teacher.heads.spec.stages]
   if missing:
-    raise ValueError(
+    raise errors.ConfigError(
       f'The teacher checkpoint has heads on {teacher.heads.spec.stages}, '
       f'but MHKD pairs the student with teacher stages {t_stages}. Set '
       'config.mhkd.teacher_stages to stages that have heads, or refit the '

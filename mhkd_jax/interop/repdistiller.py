@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mhkd_jax import errors
 from mhkd_jax.models import create_model
 
 # NNX leaf name -> PyTorch leaf name.
@@ -62,7 +64,7 @@ _TORCH_MISSING = (
 )
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """A state_dict does not fit the NNX model it is loaded into.
 
   Attributes:
@@ -221,15 +223,22 @@ def state_dict_to_nnx_state(
   return nnx.from_flat_state(new_leaves)
 
 
-def read_pth(path: str) -> dict[str, np.ndarray]:
+class UnsafeCheckpointError(errors.UserError, ValueError):
+  """A ``.pth`` holds pickled objects that only running its code can load."""
+
+
+def read_pth(
+  path: str, *, allow_unsafe_pickle: bool = False
+) -> dict[str, np.ndarray]:
   """Reads a ``.pth`` into a numpy state_dict (torch imported here only).
 
   RepDistiller saves ``{'epoch', 'model', 'accuracy', 'optimizer'}`` with
   CUDA tensors (hence ``map_location='cpu'``), and its ``*_last.pth``
-  also pickles the argparse ``Namespace`` of the run. ``weights_only=True``
-  refuses arbitrary classes, so the Namespace is allow-listed first; only
-  if the file holds anything else does this fall back to a full unpickle,
-  which can run code: load only checkpoints from sources you trust.
+  also pickles the argparse ``Namespace`` of the run. Files are read with
+  ``weights_only=True`` and that one class allow-listed: unpickling any
+  other object can run code from the file, so such a file is refused,
+  naming the class, unless ``allow_unsafe_pickle`` (the CLI's
+  ``--allow_unsafe_pickle``) says the file is trusted.
   """
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -238,11 +247,20 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
   try:
     with torch.serialization.safe_globals([argparse.Namespace]):
       obj = torch.load(path, map_location='cpu', weights_only=True)
-  except pickle.UnpicklingError:
+  except pickle.UnpicklingError as e:
+    if not allow_unsafe_pickle:
+      found = re.search(r'GLOBAL ([\w.]+)', str(e))
+      what = found.group(1) if found else str(e).splitlines()[0][:200]
+      raise UnsafeCheckpointError(
+        f'{path} holds a pickled {what}, beyond tensors and an argparse '
+        'Namespace. Loading it would run code from the file, so it was '
+        'refused. If you trust where the file comes from, pass '
+        '--allow_unsafe_pickle (allow_unsafe_pickle=True in Python) to '
+        'unpickle it in full.'
+      ) from None
     warnings.warn(
-      f'{path} holds objects beyond tensors and an argparse Namespace; '
-      'unpickling it in full (weights_only=False). Only do this for '
-      'trusted files.',
+      f'{path}: unpickling in full (allow_unsafe_pickle), which runs code '
+      'from the file.',
       stacklevel=2,
     )
     obj = torch.load(path, map_location='cpu', weights_only=False)
@@ -265,7 +283,8 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
 
 
 def load_repdistiller_checkpoint(
-  path: str, name: str, *, num_classes: int
+  path: str, name: str, *, num_classes: int,
+  allow_unsafe_pickle: bool = False,
 ) -> nnx.Module:
   """Builds ``create_model(name)`` and fills it from a RepDistiller ``.pth``.
 
@@ -275,6 +294,8 @@ def load_repdistiller_checkpoint(
     name: the architecture (RepDistiller's ``model_dict`` name, e.g.
       ``resnet32x4``).
     num_classes: classes of the saved classifier (100 for CIFAR-100).
+    allow_unsafe_pickle: unpickle objects beyond tensors and an argparse
+      Namespace, which runs code from the file (``read_pth``).
 
   Returns:
     The NNX model with the checkpoint's weights and BatchNorm statistics.
@@ -284,7 +305,7 @@ def load_repdistiller_checkpoint(
     CheckpointMismatchError: the checkpoint does not fit the model; no
       model is returned, so nothing half-loaded escapes.
   """
-  state_dict = read_pth(path)
+  state_dict = read_pth(path, allow_unsafe_pickle=allow_unsafe_pickle)
   # Shapes only: random initialisation is wasted work here (seconds for
   # ResNet50 on a CPU host), the checkpoint replaces every parameter.
   abstract = nnx.eval_shape(
@@ -320,12 +341,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     '--workdir', required=True, help='where to write the teacher checkpoint'
   )
   parser.add_argument('--num_classes', type=int, default=100)
+  parser.add_argument(
+    '--allow_unsafe_pickle', action='store_true',
+    help='unpickle objects beyond tensors and an argparse Namespace; this '
+    'RUNS CODE FROM THE FILE: only for files from a source you trust',
+  )
   args = parser.parse_args(argv)
 
   from mhkd_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
   model = load_repdistiller_checkpoint(
-    args.pth, args.name, num_classes=args.num_classes
+    args.pth, args.name, num_classes=args.num_classes,
+    allow_unsafe_pickle=args.allow_unsafe_pickle,
   )
   os.makedirs(args.workdir, exist_ok=True)
   checkpointing.save_teacher(
@@ -341,6 +368,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == '__main__':
   try:
     main(sys.argv[1:])
-  except (CheckpointMismatchError, ImportError, OSError) as e:
+  except (errors.UserError, ImportError, OSError) as e:
     # The message says what to fix; a traceback would only bury it.
     sys.exit(f'{type(e).__name__}: {e}')

@@ -10,6 +10,8 @@ logits, and sows ``stem``, ``stage1``..``stageN`` and ``pooled`` as
 
 from flax import nnx
 
+from mhkd_jax import errors
+
 from mhkd_jax.models import imagenet_resnet
 from mhkd_jax.models import mobilenetv2
 from mhkd_jax.models import resnet
@@ -36,7 +38,7 @@ MODEL_NAMES = tuple(sorted(_REGISTRY))
 def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
   """Builds a model by its RepDistiller name."""
   if name not in _REGISTRY:
-    raise ValueError(
+    raise errors.ConfigError(
       f'Unknown model {name!r}. Valid names: {", ".join(MODEL_NAMES)}.'
     )
   return _REGISTRY[name](num_classes=num_classes, rngs=rngs)

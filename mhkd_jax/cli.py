@@ -1,0 +1,148 @@
+"""What the command-line programs share: clean errors and quiet logs.
+
+* ``parse_flags``: the flags parser for ``app.run``. A config key that does
+  not exist, a value of the wrong type, a config file that fails (an
+  unknown run name) each print one short message (for a key: the closest
+  existing keys) and exit with status 2, before anything runs.
+* ``run``: calls the program's body; a ``UserError`` (data not prepared,
+  a teacher that does not fit, a diverged run, ...) prints its message
+  alone and exits with status 1. ``--verbosity=1`` shows the traceback.
+* ``quiet_logs``: library INFO logs (orbax, TFDS, JAX's backend probing)
+  go to a log file, not to the terminal, unless ``--verbosity`` is given;
+  warnings and errors still show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.util
+import io
+import logging as std_logging
+import os
+import sys
+
+from absl import flags, logging
+
+from mhkd_jax import errors
+
+_CONFIG_FLAG = '--config'
+
+
+def _error_exit(message: str, status: int) -> None:
+  print(f'Error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _verbose(argv) -> bool:
+  try:
+    return flags.FLAGS['verbosity'].present and flags.FLAGS.verbosity >= 1
+  except flags.UnparsedFlagAccessError:
+    return any(a.startswith(('--verbosity=1', '--verbosity=2', '-v=1',
+                             '-v=2')) for a in argv)
+
+
+def _load_config(spec: str):
+  """The ConfigDict of ``--config=path[:arg]`` (to name a bad key)."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _all_keys(config, prefix: str = '') -> list[str]:
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if hasattr(value, 'items'):
+      keys.extend(_all_keys(value, f'{prefix}{key}.'))
+  return keys
+
+
+def _has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
+def _config_problem(argv) -> str | None:
+  """Why the ``--config`` flags in ``argv`` cannot be parsed, if they
+  cannot: the config file's own error, or each unknown key with the
+  closest existing ones."""
+  spec = next((a.split('=', 1)[1] for a in argv
+               if a.startswith(_CONFIG_FLAG + '=')), None)
+  if spec is None:
+    return None
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      config = _load_config(spec)
+  except FileNotFoundError:
+    return f'--config={spec}: no such config file.'
+  except Exception as e:  # pylint: disable=broad-except
+    return f'--config={spec}: {e}'
+  keys = _all_keys(config)
+  problems = []
+  for arg in argv:
+    if not arg.startswith(_CONFIG_FLAG + '.'):
+      continue
+    key = arg[len(_CONFIG_FLAG) + 1:].split('=', 1)[0]
+    if not _has_key(config, key):
+      close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+      hint = (f' Did you mean {" or ".join(close)}?' if close else
+              ' Every key, with its default: mhkd_jax/configs/default.py.')
+      problems.append(f'{arg}: config has no key {key!r}.{hint}')
+  return '\n'.join(problems) or None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s flags parser, with config errors as short messages."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError,
+          ValueError) as e:
+    if _verbose(argv):
+      raise
+    problem = _config_problem(argv)
+    if problem is None:
+      problem = str(e).strip().splitlines()[0]
+    _error_exit(problem + '\nPass --helpfull to see every flag.', 2)
+
+
+def quiet_logs() -> None:
+  """Keeps INFO logs (ours and the libraries') off the terminal; warnings
+  and errors still show. ``--verbosity`` (any value) keeps absl's usual
+  behaviour instead. ``log_to_file`` keeps everything."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  if not flags.FLAGS['verbosity'].present:
+    logging.get_absl_handler().setLevel(std_logging.WARNING)
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+
+  tfds.disable_progress_bar()
+
+
+def log_to_file(path: str) -> None:
+  """Appends every log line, INFO included, to ``path`` (process 0)."""
+  import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set)
+
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  handler = std_logging.FileHandler(path)
+  handler.setFormatter(logging.PythonFormatter())
+  handler.setLevel(std_logging.INFO)
+  std_logging.getLogger().addHandler(handler)
+
+
+def run(body, *args) -> None:
+  """Runs ``body(*args)``; a ``UserError`` is its message alone."""
+  try:
+    body(*args)
+  except errors.UserError as e:
+    if flags.FLAGS.verbosity >= 1:
+      raise
+    logging.info('Stopped: %s: %s', type(e).__name__, e)
+    _error_exit(f'{e}\n(--verbosity=1 shows the traceback.)', 1)

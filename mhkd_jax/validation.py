@@ -1,0 +1,151 @@
+"""``validate(config)``: every impossible value, found before a run starts.
+
+The config flags already refuse unknown keys and values of the wrong type
+(``--config.batch_size=abc``). What is left are values of the right type
+that cannot work: an unknown method, model or data set name, a batch that
+does not split over the devices, zero epochs, decay points out of order, a
+non-positive temperature, a negative loss weight. ``validate`` checks the
+trainer's keys here and asks the method to check its own section
+(``Method.validate_config``), and raises one ``ConfigError`` that lists
+every problem, before any data is read or anything compiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from mhkd_jax import errors
+
+
+class Checker:
+  """Collects the problems of one config; keys are dotted paths."""
+
+  def __init__(self, config):
+    self.config = config
+    self.problems: list[str] = []
+
+  def value(self, key: str) -> Any:
+    node = self.config
+    for part in key.split('.'):
+      node = node[part]
+    return node
+
+  def require(self, ok: bool, key: str, must: str) -> bool:
+    """Records ``config.<key>=<value> <must>`` unless ``ok``."""
+    if not ok:
+      self.problems.append(f'config.{key}={self.value(key)!r} {must}')
+    return ok
+
+  def number(self, key: str, *, minimum: float, strict: bool = False,
+             integer: bool = False, optional: bool = False) -> bool:
+    """A finite number >= minimum (> minimum if strict), an int if
+    ``integer``; None passes if ``optional``."""
+    v = self.value(key)
+    if v is None and optional:
+      return True
+    kind = 'an integer' if integer else 'a number'
+    bound = f'{">" if strict else ">="} {minimum:g}'
+    is_number = isinstance(v, int) if integer else isinstance(v, (int, float))
+    ok = (
+      is_number and not isinstance(v, bool) and math.isfinite(v)
+      and (v > minimum if strict else v >= minimum)
+    )
+    return self.require(ok, key, f'must be {kind} {bound}.')
+
+  def choice(self, key: str, choices: Iterable[str], what: str) -> bool:
+    choices = tuple(choices)
+    return self.require(
+      self.value(key) in choices, key,
+      f'is not a known {what}; valid: {", ".join(choices)}.',
+    )
+
+  def names(self, key: str) -> bool:
+    """A tuple of names (e.g. stages); () is allowed."""
+    v = self.value(key)
+    ok = isinstance(v, (tuple, list)) and all(isinstance(s, str) for s in v)
+    return self.require(ok, key, "must be a tuple of names, e.g. "
+                        "('stage1', 'stage2').")
+
+
+def _data_parallel_devices(checker: Checker) -> int | None:
+  import jax  # noqa: PLC0415  (devices: only when validating a run)
+
+  available = jax.device_count()
+  requested = checker.value('num_devices')
+  if not checker.number('num_devices', minimum=0, integer=True):
+    return None
+  if not checker.require(
+    requested <= available, 'num_devices',
+    f'is more than the {available} devices present (0 = all).',
+  ):
+    return None
+  return requested or available
+
+
+def _check_trainer(checker: Checker) -> None:
+  from mhkd_jax import models, precision  # noqa: PLC0415
+  from mhkd_jax.data import datasets, inputs  # noqa: PLC0415
+
+  c = checker
+  c.choice('model', models.MODEL_NAMES, 'model')
+  if c.value('teacher.model'):
+    c.choice('teacher.model', models.MODEL_NAMES, 'model')
+  c.choice('data.name', datasets.dataset_names(), 'data set')
+  c.choice('data.pipeline', inputs.PIPELINES, 'input pipeline')
+  for key in ('data.num_train_examples', 'data.num_eval_examples'):
+    c.number(key, minimum=1, integer=True, optional=True)
+  c.number('data.crop_padding', minimum=0, integer=True)
+  c.choice('compute_dtype', precision.COMPUTE_DTYPES, 'compute dtype')
+  c.number('seed', minimum=0, integer=True)
+  devices = _data_parallel_devices(c)
+  for key in ('batch_size', 'eval_batch_size'):
+    v = c.value(key)
+    if c.number(key, minimum=1, integer=True) and devices:
+      c.require(
+        v % devices == 0, key,
+        f'must be a positive multiple of the {devices} devices of the '
+        f'data mesh; use a multiple of {devices}.',
+      )
+  c.number('num_epochs', minimum=1, integer=True)
+  c.number('learning_rate', minimum=0, strict=True)
+  c.number('momentum', minimum=0)
+  c.number('weight_decay', minimum=0)
+  c.number('lr_decay_rate', minimum=0, strict=True)
+  fractions = c.value('lr_decay_fractions')
+  c.require(
+    isinstance(fractions, (tuple, list))
+    and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions)
+    and all(a < b for a, b in zip(fractions, fractions[1:])),
+    'lr_decay_fractions',
+    'must be increasing fractions of num_epochs in (0, 1], e.g. '
+    '(0.625, 0.75, 0.875).',
+  )
+  for key in ('log_every_steps', 'eval_every_epochs',
+              'checkpoint.every_steps', 'checkpoint.max_to_keep'):
+    c.number(key, minimum=1, integer=True)
+
+
+def validate(config) -> None:
+  """Raises one ``ConfigError`` listing every impossible value."""
+  from mhkd_jax import distill  # noqa: PLC0415  (methods import the trainer)
+
+  checker = Checker(config)
+  if checker.choice('method', distill.method_names(), 'method'):
+    method = distill.create_method(config)
+    checker.require(
+      bool(config.teacher.init) or not method.needs_teacher, 'teacher.init',
+      f'must name a teacher checkpoint or the workdir of a teacher run: '
+      f'method {config.method!r} distils from a teacher.',
+    )
+    method.validate_config(checker)
+  _check_trainer(checker)
+  problems = checker.problems
+  if len(problems) == 1:
+    raise errors.ConfigError(problems[0])
+  if problems:
+    raise errors.ConfigError(
+      f'The config has {len(problems)} problems:\n  '
+      + '\n  '.join(problems)
+    )

@@ -1,0 +1,151 @@
+"""What a run keeps in its workdir besides checkpoints, written so that a
+crash never leaves half a file.
+
+* ``config.json``: the config the run started with. A re-run in the same
+  workdir resumes that run, so a config that changes what the state is or
+  means (model, method, heads, data, optimiser, seed...) is refused, naming
+  each differing key with both values. Changes that only say how long to
+  run, how often to log, evaluate or save, or where things are, are
+  allowed and appended to ``config_changes.jsonl``.
+* ``eval_history.json``, ``results.json``: written whole to a temporary
+  file and renamed over the old one (an atomic replace on POSIX file
+  systems), like ``config.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+from mhkd_jax import errors
+
+CONFIG = 'config.json'
+CONFIG_CHANGES = 'config_changes.jsonl'
+HISTORY = 'eval_history.json'
+RESULTS = 'results.json'
+
+# Keys a resumed run may change: how long to train, how often to log,
+# evaluate and save, how to batch evaluation, how many devices, and where
+# the teacher and the data are. Anything else changes the experiment.
+RESUMABLE_CHANGES = frozenset({
+  'num_epochs', 'log_every_steps', 'eval_every_epochs', 'eval_batch_size',
+  'checkpoint.every_steps', 'checkpoint.max_to_keep', 'num_devices',
+  'teacher.init', 'data.data_dir',
+})
+
+
+def _is_writer() -> bool:
+  """Process 0 writes the run's files (jax imported only when needed)."""
+  import jax  # noqa: PLC0415
+
+  return jax.process_index() == 0
+
+
+def write_json(path: str, obj) -> None:
+  """Writes ``obj`` as JSON to ``path`` atomically (temporary + rename)."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def read_json(path: str):
+  """The JSON in ``path``; a damaged file is a ``WorkdirError`` naming it."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise errors.WorkdirError(
+      f'{path} is not valid JSON ({e}). It was not written by this '
+      'version, or was damaged; move it away and re-run.'
+    ) from None
+
+
+def _flat(config_dict: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in config_dict.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_as_json(config) -> dict:
+  """The config as plain JSON data (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def check_config(workdir: str, config) -> dict[str, list]:
+  """Compares ``config`` with the run already in ``workdir``, if any.
+
+  Returns:
+    The allowed changes, ``{key: [before, now]}`` (empty for a new run).
+
+  Raises:
+    WorkdirError: the config differs in a key that changes the experiment.
+  """
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return {}
+  before = _flat(read_json(path))
+  now = _flat(config_as_json(config))
+  changes = {
+    key: [before.get(key), now.get(key)]
+    for key in sorted(set(before) | set(now))
+    if before.get(key) != now.get(key)
+  }
+  refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+  if refused:
+    lines = [f'config.{k}: {old!r} there, {new!r} now'
+             for k, (old, new) in refused.items()]
+    raise errors.WorkdirError(
+      f'{workdir} holds a run of another configuration, and resuming it '
+      'would mix two experiments:\n  ' + '\n  '.join(lines[:10])
+      + (f'\n  (+{len(lines) - 10} more)' if len(lines) > 10 else '')
+      + '\nUse a fresh --workdir, or the same values to resume that run.'
+    )
+  return changes
+
+
+def record_config(workdir: str, config, changes: dict, step: int) -> None:
+  """Writes ``config.json`` for a new run; logs allowed changes."""
+  if not _is_writer():
+    return
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    write_json(path, config_as_json(config))
+  if changes:
+    record = {
+      'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds'),
+      'resumed_at_step': step,
+      'changes': changes,
+    }
+    with open(os.path.join(workdir, CONFIG_CHANGES), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def read_history(workdir: str, start_step: int) -> list[dict]:
+  """Eval history up to ``start_step`` (kept across restarts)."""
+  path = os.path.join(workdir, HISTORY)
+  if not os.path.exists(path):
+    return []
+  return [h for h in read_json(path) if h['step'] <= start_step]
+
+
+def write_history(workdir: str, history: list[dict]) -> None:
+  if _is_writer():
+    write_json(os.path.join(workdir, HISTORY), history)
+
+
+def write_results(workdir: str, results: dict) -> None:
+  if _is_writer():
+    write_json(os.path.join(workdir, RESULTS), results)
