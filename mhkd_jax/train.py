@@ -217,7 +217,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           datasets.dataset_info(config.data.name))
   train_input, eval_input, info = inputs_lib.create_inputs(config, mesh)
   data = base.DataSpec(info.num_classes, train_input.example_shape,
-                       train_input.num_examples, train_input.steps_per_epoch)
+                       train_input.num_examples, train_input.steps_per_epoch,
+                       train_input.labels_by_index)
   num_train_steps = data.steps_per_epoch * config.num_epochs
   state, graphdef, tx = train_state_lib.create_train_state(
     config, method, teacher=teacher, data=data, mesh=mesh

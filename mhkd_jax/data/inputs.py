@@ -74,6 +74,8 @@ class TrainInput(Protocol):
   batch_size: int
   steps_per_epoch: int
   example_shape: tuple[int, int, int]
+  # int [num_examples] on the host, or None if the input cannot say.
+  labels_by_index: np.ndarray | None
 
   def batches(self, start_step: int, rng: jax.Array) -> Iterator[Batch]:
     """Batches ``start_step``, ``start_step + 1``, ... (endless)."""
@@ -130,6 +132,7 @@ class _StepKeyed:
     self.batch_size = batch_size
     self.steps_per_epoch = self.num_examples // batch_size
     self.example_shape = tuple(split.images.shape[1:])
+    self.labels_by_index = split.labels
     if self.steps_per_epoch == 0:
       raise errors.ConfigError(
         f'config.batch_size={batch_size} is larger than the '

@@ -114,12 +114,16 @@ class DataSpec:
     num_train_examples: size of the training split as trained on (a CRD
       memory bank has one row per example).
     steps_per_epoch: optimizer steps per epoch.
+    train_labels: int [num_train_examples], the label of every training
+      example by its index (CRD draws negatives from other classes), or
+      None when an input cannot tell them up front.
   """
 
   num_classes: int
   example_shape: tuple[int, int, int]
   num_train_examples: int
   steps_per_epoch: int
+  train_labels: Any = None
 
   @property
   def input_shape(self) -> tuple[int, int, int, int]:

@@ -30,7 +30,7 @@ torch_default_kernel = nnx.initializers.variance_scaling(
 )
 
 
-def _torch_default_bias(fan_in: int):
+def torch_default_bias(fan_in: int):
   bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
 
   def init(key, shape, dtype=jnp.float32):
@@ -62,7 +62,7 @@ def conv(
     feature_group_count=groups,
     use_bias=bias,
     kernel_init=kernel_init,
-    bias_init=_torch_default_bias(fan_in),
+    bias_init=torch_default_bias(fan_in),
     rngs=rngs,
   )
 
@@ -80,7 +80,7 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs):
     in_features,
     out_features,
     kernel_init=torch_default_kernel,
-    bias_init=_torch_default_bias(in_features),
+    bias_init=torch_default_bias(in_features),
     rngs=rngs,
   )
 
