@@ -134,7 +134,9 @@ def create_train_step(
       total, terms, logits = method.loss(
         trainable, teacher_out, batch, context
       )
-      _, _, new_buffers = train_state.split_trainable(trainable)
+      _, _, new_buffers = train_state.split_trainable(
+        trainable, method.trained_parameters()
+      )
       return total, (terms, logits, new_buffers)
 
     (total, (terms, logits, buffers)), grads = jax.value_and_grad(

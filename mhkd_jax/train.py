@@ -80,6 +80,32 @@ def _restore_latest(checkpointer, state):
   return train_state_lib.TrainState.from_checkpoint(restored)
 
 
+def _preliminary(method, teacher, data, mesh, workdir):
+  """Runs the method's preliminary phase, if it has one, in its own
+  subdirectory (resuming it, or finding it finished), and returns
+  ``(what it trained, None)``, or ``(None, its preempted result)``."""
+  phase = method.preliminary()
+  if phase is None:
+    return None, None
+  name, config = phase
+  phase_dir = os.path.join(workdir, name)
+  if not os.path.exists(os.path.join(phase_dir, workdir_lib.RESULTS)):
+    logging.info('Preliminary phase %r in %s.', config.method, phase_dir)
+    results = train_and_evaluate(config, phase_dir)
+    if results.get('preempted'):
+      return None, results
+  phase_method = distill.create_method(config)
+  state, graphdef, _ = train_state_lib.create_train_state(
+    config, phase_method, teacher=teacher, data=data, mesh=mesh
+  )
+  checkpointer = checkpointing.TrainCheckpointer(phase_dir, max_to_keep=1)
+  try:
+    state = _restore_latest(checkpointer, state)
+  finally:
+    checkpointer.close()
+  return nnx.merge(graphdef, state.params, state.buffers), None
+
+
 class Evaluator:
   """Scores the method's outputs on the whole eval split.
 
@@ -220,8 +246,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        train_input.num_examples, train_input.steps_per_epoch,
                        train_input.labels_by_index)
   num_train_steps = data.steps_per_epoch * config.num_epochs
+  fitted, preempted = _preliminary(method, teacher, data, mesh, workdir)
+  if preempted:
+    return preempted
   state, graphdef, tx = train_state_lib.create_train_state(
-    config, method, teacher=teacher, data=data, mesh=mesh
+    config, method, teacher=teacher, data=data, mesh=mesh,
+    preliminary=fitted,
   )
   teacher_graphdef, teacher_state = train_state_lib.place_teacher(
     teacher, config, mesh

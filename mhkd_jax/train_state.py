@@ -61,9 +61,14 @@ class TrainState:
     return cls(**tree)
 
 
-def split_trainable(trainable: nnx.Module):
-  """(graphdef, params, buffers): only params are differentiated."""
-  return nnx.split(trainable, nnx.Param, ...)
+def split_trainable(trainable: nnx.Module, trained=nnx.Param):
+  """(graphdef, params, buffers): only params are differentiated.
+
+  ``trained`` selects the parameters the optimizer trains (the method's
+  ``trained_parameters()``); parameters it leaves out (weights fitted in a
+  preliminary phase and used frozen) travel with the buffers.
+  """
+  return nnx.split(trainable, trained, ...)
 
 
 def base_rng(seed: int) -> np.ndarray:
@@ -143,21 +148,28 @@ def create_train_state(
   teacher: base.Teacher | None,
   data: base.DataSpec,
   mesh: Mesh,
+  preliminary: base.Trainable | None = None,
 ) -> tuple[TrainState, nnx.GraphDef, optax.GradientTransformation]:
   """The initial train state of ``method``, replicated on ``mesh``.
 
-  Model initialisation uses ``config.seed``. Returns ``(state, graphdef,
-  tx)``: the graph definition of the method's ``Trainable`` and the
-  optimizer, which the steps are built from.
+  Model initialisation uses ``config.seed``; ``preliminary`` is what the
+  method's preliminary phase trained, which the method takes its fitted
+  parts from. Returns ``(state, graphdef, tx)``: the graph definition of
+  the method's ``Trainable`` and the optimizer, which the steps are built
+  from.
   """
   trainable = method.create_trainable(teacher, data, nnx.Rngs(config.seed))
+  if preliminary is not None:
+    method.load_preliminary(trainable, preliminary)
   return train_state_for(
-    trainable, config, steps_per_epoch=data.steps_per_epoch, mesh=mesh
+    trainable, config, steps_per_epoch=data.steps_per_epoch, mesh=mesh,
+    trained=method.trained_parameters(),
   )
 
 
 def train_state_for(
-  trainable: base.Trainable, config, *, steps_per_epoch: int, mesh: Mesh
+  trainable: base.Trainable, config, *, steps_per_epoch: int, mesh: Mesh,
+  trained=nnx.Param,
 ) -> tuple[TrainState, nnx.GraphDef, optax.GradientTransformation]:
   """``create_train_state`` for a given ``Trainable`` (e.g. one whose
   weights were imported), at step 0."""
@@ -165,7 +177,7 @@ def train_state_for(
   precision.set_compute_dtype(
     trainable, precision.compute_dtype(config.compute_dtype)
   )
-  graphdef, params, buffers = split_trainable(trainable)
+  graphdef, params, buffers = split_trainable(trainable, trained)
   tx = create_optimizer(config, steps_per_epoch)
   state = TrainState(
     step=np.int32(0), params=params, buffers=buffers,

@@ -6,6 +6,9 @@ frozen teacher exactly as it was loaded, and exports its student. CRD's
 memory (method state) moves and stays unit-norm where it was written.
 """
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -19,12 +22,20 @@ METHOD_TERMS = {
   'fitnet': 'hint/stage', 'at': 'at/stages', 'sp': 'sp/last_stage',
   'cc': 'cc/pooled', 'vid': 'vid/stages', 'rkd': 'rkd/pooled',
   'pkt': 'pkt/pooled', 'nst': 'nst/stages', 'crd': 'crd/pooled',
-  'crd_kd': 'crd/pooled', 'dkd': 'dkd/logits',
+  'crd_kd': 'crd/pooled', 'dkd': 'dkd/logits', 'ft': 'ft/last_stage',
+  'fsp': 'fsp/after_init',
 }
+# Methods that train a preliminary phase first, in workdir/preliminary.
+PRELIMINARY = {'ft': 'mse/reconstruction', 'fsp': 'fsp/features'}
 
 
 def test_every_benchmark_method_is_registered():
   assert set(METHOD_TERMS) <= set(distill.method_names())
+
+
+def _latest(workdir):
+  saved = checkpointing.TrainCheckpointer(workdir, max_to_keep=2)
+  return saved.restore(saved.latest_step(), None)
 
 
 @pytest.fixture
@@ -56,6 +67,8 @@ def test_method_trains_and_keeps_the_teacher(
   config.num_epochs = 1
   if method.startswith('crd'):
     config[method].nce_k = 32  # 64 examples: a small bank is enough
+  if method in PRELIMINARY:
+    config[method].init_epochs = 1
   workdir = str(tmp_path)
   results = train.train_and_evaluate(config, workdir)
 
@@ -64,13 +77,34 @@ def test_method_trains_and_keeps_the_teacher(
   for key, value in {**train_metrics, **results['final']}.items():
     assert np.isfinite(value), (method, key)
   # The teacher the last step saw is bit for bit the one the first saw.
-  assert len(teacher_states) == results['num_train_steps'] == 4
+  phase_steps = 0
+  if method in PRELIMINARY:
+    phase = os.path.join(workdir, 'preliminary', 'results.json')
+    with open(phase) as f:
+      phase_results = json.load(f)
+    assert np.isfinite(phase_results['train'][PRELIMINARY[method]])
+    phase_steps = phase_results['num_train_steps']
+  assert results['num_train_steps'] == 4
+  assert len(teacher_states) == phase_steps + 4
   first, last = teacher_states[0], teacher_states[-1]
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(last)):
     np.testing.assert_array_equal(a, b)
   exported = checkpointing.load_teacher(workdir)
   assert exported.name == config.model
 
+  if method == 'ft':
+    # The paraphraser fitted in the preliminary phase, used frozen after.
+    phase = _latest(os.path.join(workdir, 'preliminary'))
+    main = _latest(workdir)
+    assert 'paraphraser' not in main['params']
+    for a, b in zip(jax.tree.leaves(phase['params']['paraphraser']),
+                    jax.tree.leaves(main['buffers']['paraphraser'])):
+      np.testing.assert_array_equal(a, b)
+  if method == 'fsp':
+    # The init phase trains the feature layers, not the classifier.
+    phase = _latest(os.path.join(workdir, 'preliminary'))
+    assert 'fc' not in phase['params']['student']
+    assert 'fc' in phase['buffers']['student']
   if method.startswith('crd'):
     saved = checkpointing.TrainCheckpointer(workdir, max_to_keep=2)
     tree = saved.restore(saved.latest_step(), None)

@@ -24,7 +24,11 @@ A method is one class in one module of this package, registered with
 * ``agreement_pairs(trainable)``: metric name -> two output names whose
   top-1 agreement evaluation reports;
 * ``export(trainable, teacher)``: the network the run leaves behind as a
-  teacher checkpoint (``workdir/export``), or None.
+  teacher checkpoint (``workdir/export``), or None;
+* optionally ``preliminary()`` / ``load_preliminary(...)``: a phase trained
+  first, in the same run's workdir (FT's paraphraser, FSP's and AB's
+  student initialisation), and ``trained_parameters()``, the parameters the
+  optimizer trains (the rest are used frozen).
 
 The step runs the frozen teacher (and its frozen heads, if any) once per
 batch outside the gradient, and hands the method a ``TeacherOutputs``.
@@ -205,6 +209,24 @@ class Method:
     context: StepContext,
   ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
     raise NotImplementedError
+
+  def trained_parameters(self):
+    """The nnx filter of the parameters the optimizer trains: all by
+    default. Parameters left out (a paraphraser fitted in a preliminary
+    phase) are used frozen: never differentiated, decayed or updated."""
+    return nnx.Param
+
+  def preliminary(self):
+    """``(name, config)`` of a run to train before this one (a phase that
+    fits connectors or a paraphraser), or None. The trainer runs it in
+    ``workdir/<name>`` (resuming it if it was interrupted) and hands what
+    it trained to ``load_preliminary``."""
+    return None
+
+  def load_preliminary(self, trainable: Trainable,
+                       preliminary: Trainable) -> None:
+    """Copies the preliminary phase's fitted parts into ``trainable``."""
+    del trainable, preliminary
 
   def eval_needs_teacher_features(self) -> bool:
     """True if ``eval_logits`` reads ``teacher_out.feats`` (e.g. teacher

@@ -15,10 +15,12 @@ last stage, ``feat[-1]`` the pooled vector.
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import jax
 import ml_collections
+from flax import nnx
 
 from mhkd_jax import features, losses
 from mhkd_jax.distill import base
@@ -93,6 +95,31 @@ class WeightedDistillation(base.Method):
     total = (cfg.gamma * terms['ce'] + cfg.alpha * terms['kd/logits']
              + cfg.beta * terms[self.TERM])
     return total, terms, logits
+
+
+# The attribute that holds each model family's final classifier.
+CLASSIFIERS = ('fc', 'classifier', 'linear')
+
+
+def student_features_only(path, value) -> bool:
+  """nnx filter: the student's parameters but its final classifier, i.e.
+  RepDistiller's ``model_s.get_feat_modules()``, which its init phases
+  train."""
+  return (isinstance(value, nnx.Param) and len(path) > 1
+          and path[0] == 'student' and path[1] not in CLASSIFIERS)
+
+
+def preliminary_config(config, method: str, learning_rate: float):
+  """The config of a preliminary phase: ``init_epochs`` of ``method`` at a
+  constant rate (RepDistiller's ``helper/pretrain.py::init``), one eval at
+  its end."""
+  phase = copy.deepcopy(config)
+  phase.method = method
+  phase.num_epochs = config[config.method].init_epochs
+  phase.learning_rate = learning_rate
+  phase.lr_decay_fractions = ()
+  phase.eval_every_epochs = phase.num_epochs
+  return phase
 
 
 def feature_shapes(model, data) -> dict[str, tuple[int, ...]]:
