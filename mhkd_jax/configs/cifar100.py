@@ -1,0 +1,130 @@
+"""The CRD benchmark on CIFAR-100: every pair of its table x every method.
+
+  python -m mhkd_jax.main --config=configs/cifar100.py:PAIR,METHOD \
+      --workdir=runs/cifar100/PAIR/METHOD
+
+PAIR is ``teacher-student`` (``resnet32x4-resnet8x4``, ``vgg13-MobileNetV2``,
+... the 13 of ``PAIRS``); METHOD is ``ce`` (the student alone), ``kd``,
+``fitnet``, ``at``, ``sp``, ``cc``, ``vid``, ``rkd``, ``pkt``, ``ft``,
+``fsp``, ``nst``, ``crd``, ``crd_kd``, ``dkd``, ``fit_teacher_heads`` (MHKD
+phase 1) or ``mhkd``. ``configs/cifar100.py:TEACHER`` trains a teacher.
+RepDistiller's recipe throughout: 240 epochs, batch 64, SGD 0.05 (0.01
+for MobileNetV2, ShuffleV1 and ShuffleV2 students), momentum 0.9, weight
+decay 5e-4, x0.1 after epochs 150, 180, 210; each method's weights are
+its defaults (RepDistiller's scripts; DKD: mdistiller's, beta per pair).
+
+Teachers are read from ``runs/cifar100/<teacher>`` (train them with the
+teacher config, or import RepDistiller's with ``python -m
+mhkd_jax.interop.repdistiller``), MHKD's teacher heads from
+``runs/cifar100/<teacher>_heads`` (the ``fit_teacher_heads`` run of any pair
+with that teacher); override with ``--config.teacher.init``. ``PUBLISHED``
+holds each cell's published top-1 (last epoch; RepDistiller's README for
+the CRD table, CRD+KD from giakoumoglou/distillers, mdistiller's README for
+DKD; ``../shared/reference/results.md``), keyed ``(PAIR, METHOD)`` (and
+``(TEACHER, 'teacher')``), None where the literature reports none.
+
+  python -m mhkd_jax.data.prepare --dataset=cifar100      # once
+  C=configs/cifar100.py
+  python -m mhkd_jax.main --config=$C:resnet32x4 --workdir=runs/cifar100/resnet32x4
+  python -m mhkd_jax.main --config=$C:resnet32x4-resnet8x4,crd \
+      --workdir=runs/cifar100/resnet32x4-resnet8x4/crd
+"""
+
+from mhkd_jax import errors
+from mhkd_jax.configs import default
+
+RUNS_DIR = 'runs/cifar100'
+
+# (teacher, student): the CRD table's same- and cross-architecture pairs.
+PAIRS = (
+  ('wrn_40_2', 'wrn_16_2'), ('wrn_40_2', 'wrn_40_1'),
+  ('resnet56', 'resnet20'), ('resnet110', 'resnet20'),
+  ('resnet110', 'resnet32'), ('resnet32x4', 'resnet8x4'),
+  ('vgg13', 'vgg8'), ('vgg13', 'MobileNetV2'), ('ResNet50', 'MobileNetV2'),
+  ('ResNet50', 'vgg8'), ('resnet32x4', 'ShuffleV1'),
+  ('resnet32x4', 'ShuffleV2'), ('wrn_40_2', 'ShuffleV1'),
+)
+METHODS = (
+  'ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt', 'ft', 'fsp',
+  'nst', 'crd', 'crd_kd', 'dkd', 'fit_teacher_heads', 'mhkd',
+)
+TEACHERS = tuple(sorted({t for t, _ in PAIRS}))
+# RepDistiller's train_student.py: 0.01 for these students.
+LOW_LR_STUDENTS = ('MobileNetV2', 'ShuffleV1', 'ShuffleV2')
+# mdistiller's configs/cifar100/dkd/*.yaml (beta; 8 where it has none).
+DKD_BETA = {
+  ('resnet56', 'resnet20'): 2.0, ('resnet110', 'resnet32'): 2.0,
+  ('vgg13', 'vgg8'): 6.0, ('vgg13', 'MobileNetV2'): 6.0,
+  ('wrn_40_2', 'wrn_16_2'): 6.0, ('wrn_40_2', 'wrn_40_1'): 6.0,
+}
+
+
+def _column(*values):
+  return dict(zip(PAIRS, values))
+
+
+# Published top-1 (%), per pair, for the methods the references report.
+_TABLE = {
+  'teacher': _column(75.61, 75.61, 72.34, 74.31, 74.31, 79.42, 74.64,
+                     74.64, 79.34, 79.34, 79.42, 79.42, 75.61),
+  'ce': _column(73.26, 71.98, 69.06, 69.06, 71.14, 72.50, 70.36, 64.60,
+                64.60, 70.36, 70.50, 71.82, 70.50),
+  'kd': _column(74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98, 67.37,
+                67.35, 73.81, 74.07, 74.45, 74.83),
+  'fitnet': _column(73.58, 72.24, 69.21, 68.99, 71.06, 73.50, 71.02, 64.14,
+                    63.16, 70.69, 73.59, 73.54, 73.73),
+  'at': _column(74.08, 72.77, 70.55, 70.22, 72.31, 73.44, 71.43, 59.40,
+                58.58, 71.84, 71.73, 72.73, 73.32),
+  'crd': _column(75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94, 69.73,
+                 69.11, 74.30, 75.11, 75.65, 76.05),
+  'crd_kd': _column(75.64, 74.38, 71.63, 71.56, 73.75, 75.46, 74.29, 69.94,
+                    69.54, 74.58, 75.12, 76.05, 76.27),
+  'dkd': _column(76.23, 74.81, 71.97, None, 74.11, 76.32, 74.68, 69.71,
+                 70.35, None, 76.45, 77.07, 76.70),
+}
+PUBLISHED = {
+  (f'{t}-{s}', method): _TABLE.get(method, {}).get((t, s))
+  for t, s in PAIRS for method in METHODS
+}
+PUBLISHED.update({(t, 'teacher'): _TABLE['teacher'][pair]
+                  for pair in PAIRS for t in [pair[0]]})
+
+
+def _parse(arg: str):
+  """'resnet32x4-resnet8x4,crd' -> (teacher, student, method); a teacher
+  name alone -> (teacher, None, 'teacher')."""
+  if arg in TEACHERS:
+    return arg, None, 'teacher'
+  pair, _, method = arg.partition(',')
+  teacher, _, student = pair.partition('-')
+  if (teacher, student) not in PAIRS or method not in METHODS:
+    pairs = ', '.join(f'{t}-{s}' for t, s in PAIRS)
+    raise errors.ConfigError(
+      f'Unknown run {arg!r}: use PAIR,METHOD with PAIR one of {pairs} and '
+      f'METHOD one of {", ".join(METHODS)}; or a teacher alone: '
+      f'{", ".join(TEACHERS)}.'
+    )
+  return teacher, student, method
+
+
+def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
+  teacher, student, method = _parse(arg)
+  config = default.get_config()
+  config.data.name = 'cifar100'
+  if method == 'teacher':
+    config.method = 'ce'
+    config.model = teacher
+    return config
+  config.method = method
+  config.model = student
+  if student in LOW_LR_STUDENTS:
+    config.learning_rate = 0.01
+  if method != 'ce':
+    config.teacher.model = teacher
+    config.teacher.init = f'{RUNS_DIR}/{teacher}'
+  config.dkd.beta = DKD_BETA.get((teacher, student), 8.0)
+  # MHKD phase 1 and 2 with the paper-reading 'dih' heads on both sides.
+  config.fit_teacher_heads.head = config.mhkd.head = 'dih'
+  if method == 'mhkd':
+    config.teacher.init = f'{RUNS_DIR}/{teacher}_heads'
+  return config

@@ -1,0 +1,87 @@
+"""The CRD table as configs: every pair x method builds, validates, and
+carries RepDistiller's per-student rate, mdistiller's DKD beta and the
+published numbers."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from mhkd_jax import distill, errors, validation
+from mhkd_jax.configs import cifar100
+from mhkd_jax.distill.base import DataSpec, Teacher
+from mhkd_jax.models import create_model
+
+DATA = DataSpec(100, (32, 32, 3), 50000, 781, np.arange(50000) % 100)
+
+
+def test_every_cell_validates():
+  assert len(cifar100.PAIRS) == 13
+  for teacher, student in cifar100.PAIRS:
+    for method in cifar100.METHODS:
+      config = cifar100.get_config(f'{teacher}-{student},{method}')
+      validation.validate(config)
+      assert config.model == student and config.method == method
+      rate = 0.01 if student in cifar100.LOW_LR_STUDENTS else 0.05
+      assert config.learning_rate == rate
+      if method != 'ce':
+        assert config.teacher.model == teacher
+  for teacher in cifar100.TEACHERS:
+    config = cifar100.get_config(teacher)
+    validation.validate(config)
+    assert (config.model, config.method) == (teacher, 'ce')
+
+
+def test_published_numbers_and_recipe_details():
+  assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'crd')] == 75.51
+  assert cifar100.PUBLISHED[('vgg13-MobileNetV2', 'at')] == 59.40
+  assert cifar100.PUBLISHED[('resnet110-resnet20', 'dkd')] is None
+  assert cifar100.PUBLISHED[('resnet32x4-ShuffleV2', 'dkd')] == 77.07
+  assert cifar100.PUBLISHED[('resnet32x4', 'teacher')] == 79.42
+  assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'mhkd')] is None
+  assert cifar100.get_config('resnet56-resnet20,dkd').dkd.beta == 2.0
+  assert cifar100.get_config('vgg13-vgg8,dkd').dkd.beta == 6.0
+  assert cifar100.get_config('resnet32x4-ShuffleV1,dkd').dkd.beta == 8.0
+  mhkd = cifar100.get_config('resnet32x4-resnet8x4,mhkd')
+  assert mhkd.teacher.init == 'runs/cifar100/resnet32x4_heads'
+
+
+def test_unknown_cell_names_the_valid_ones():
+  with pytest.raises(errors.ConfigError, match='PAIR,METHOD.*resnet32x4-'):
+    cifar100.get_config('resnet32x4-resnet8,kd')
+  with pytest.raises(errors.ConfigError, match='METHOD one of ce, kd'):
+    cifar100.get_config('resnet32x4-resnet8x4,fitnets')
+
+
+def _trainable(cell, teachers={}):  # noqa: B006  (a cache of shapes)
+  config = cifar100.get_config(cell)
+  if config.method == 'mhkd':
+    config.mhkd.teacher_head_mode = 'online'  # no heads checkpoint here
+  name = config.teacher.model
+  if name not in teachers:
+    teachers[name] = nnx.eval_shape(
+      lambda: create_model(name, num_classes=100, rngs=nnx.Rngs(0)))
+  method = distill.create_method(config)
+  teacher = Teacher(teachers[name], None, name=name)
+  return nnx.eval_shape(
+    lambda: method.create_trainable(teacher, DATA, nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize('method', [m for m in cifar100.METHODS
+                                    if m not in ('ce', 'fsp')])
+def test_every_method_fits_a_cross_architecture_pair(method):
+  trainable = _trainable(f'resnet32x4-ShuffleV1,{method}')
+  assert trainable.get('student') is not None or method == (
+    'fit_teacher_heads')
+
+
+@pytest.mark.parametrize('teacher, student', cifar100.PAIRS)
+def test_shape_dependent_modules_fit_every_pair(teacher, student):
+  for method in ('fitnet', 'vid'):
+    _trainable(f'{teacher}-{student},{method}')
+
+
+def test_fsp_on_pairs_of_other_widths_names_the_fix():
+  _trainable('resnet32x4-resnet8x4,fsp')  # equal widths: fine
+  with pytest.raises(errors.ConfigError,
+                     match=r'equal channel counts: student \[.*\], teacher'):
+    _trainable('vgg13-MobileNetV2,fsp')
