@@ -25,7 +25,8 @@ DKD; ``../shared/reference/results.md``), keyed ``(PAIR, METHOD)`` (and
 
   python -m mhkd_jax.data.prepare --dataset=cifar100      # once
   C=configs/cifar100.py
-  python -m mhkd_jax.main --config=$C:resnet32x4 --workdir=runs/cifar100/resnet32x4
+  python -m mhkd_jax.main --config=$C:resnet32x4 \
+      --workdir=runs/cifar100/resnet32x4
   python -m mhkd_jax.main --config=$C:resnet32x4-resnet8x4,crd \
       --workdir=runs/cifar100/resnet32x4-resnet8x4/crd
 """
