@@ -13,7 +13,6 @@ redone.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -72,8 +71,9 @@ def demo_configs(
 
 
 def _experiment(config) -> dict:
-  """The config as a dict, without the location fields."""
-  d = json.loads(config.to_json_best_effort())
+  """The config as a dict, without the location fields (and the sections
+  of methods the run does not use)."""
+  d = workdir_lib.config_as_json(config)
   for section, key in _LOCATION_KEYS:
     d.get(section, {}).pop(key, None)
   return d
@@ -102,7 +102,9 @@ def run_one(run: str, config, run_dir: str) -> tuple[dict, float, bool]:
   record_path = os.path.join(run_dir, RECORD)
   record = _read_json(record_path)
   experiment = _experiment(config)
-  if record is not None and record['experiment'] != experiment:
+  if record is not None and workdir_lib.config_changes(
+    record['experiment'], experiment
+  ):
     raise DemoWorkdirMismatchError(
       f'{run_dir} holds a {run!r} run of another configuration (e.g. a '
       '--smoke run, or configs/demo.py was edited). Use a fresh --workdir '

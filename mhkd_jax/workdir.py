@@ -79,8 +79,30 @@ def _flat(config_dict: dict, prefix: str = '') -> dict:
 
 
 def config_as_json(config) -> dict:
-  """The config as plain JSON data (tuples become lists)."""
-  return json.loads(config.to_json_best_effort())
+  """The config as plain JSON data (tuples become lists), without the
+  sections of methods the run does not use: those come and go with the
+  methods a version of the package has, and say nothing about the run."""
+  from mhkd_jax import distill  # noqa: PLC0415  (methods import jax)
+
+  d = json.loads(config.to_json_best_effort())
+  used = set(distill.create_method(config).config_sections())
+  for section in set(distill.method_config_sections()) - used:
+    d.pop(section, None)
+  return d
+
+
+def config_changes(before: dict, now: dict) -> dict[str, list]:
+  """``{dotted key: [before, now]}`` for every key that differs, leaving
+  out sections ``before`` holds for methods ``now`` does not use (an older
+  version recorded every method's section)."""
+  before = _flat({k: v for k, v in before.items()
+                  if k in now or not isinstance(v, dict)})
+  now = _flat(now)
+  return {
+    key: [before.get(key), now.get(key)]
+    for key in sorted(set(before) | set(now))
+    if before.get(key) != now.get(key)
+  }
 
 
 def check_config(workdir: str, config) -> dict[str, list]:
@@ -95,13 +117,7 @@ def check_config(workdir: str, config) -> dict[str, list]:
   path = os.path.join(workdir, CONFIG)
   if not os.path.exists(path):
     return {}
-  before = _flat(read_json(path))
-  now = _flat(config_as_json(config))
-  changes = {
-    key: [before.get(key), now.get(key)]
-    for key in sorted(set(before) | set(now))
-    if before.get(key) != now.get(key)
-  }
+  changes = config_changes(read_json(path), config_as_json(config))
   refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
   if refused:
     lines = [f'config.{k}: {old!r} there, {new!r} now'

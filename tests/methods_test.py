@@ -113,3 +113,28 @@ def test_method_trains_and_keeps_the_teacher(
     # Every example was seen once: each row was rewritten, unit-norm.
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     assert float(tree['buffers']['z_s']['value']) > 0
+
+
+def test_a_crd_memory_of_another_data_set_size_is_refused(
+  mock_cifar100, resnet8_teacher_dir, tmp_path
+):
+  from mhkd_jax import errors, workdir as workdir_lib  # noqa: PLC0415
+
+  config = test_config.get_config()
+  config.method = 'crd'
+  config.teacher.init = resnet8_teacher_dir
+  config.num_epochs = 1
+  config.crd.nce_k = 16
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  # Another training-set size in the same workdir: config.json refuses it
+  # and, without config.json, the checkpoint's memory shape does.
+  config.data.num_train_examples = 32
+  with pytest.raises(errors.WorkdirError,
+                     match=r'config.data.num_train_examples: 64 there, 32'):
+    train.train_and_evaluate(config, workdir)
+  os.remove(os.path.join(workdir, workdir_lib.CONFIG))
+  with pytest.raises(errors.WorkdirError,
+                     match=r'buffers/memory_s/value \(64, 128\) vs '
+                     r'\(32, 128\)'):
+    train.train_and_evaluate(config, workdir)

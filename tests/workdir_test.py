@@ -152,3 +152,21 @@ def test_a_full_disk_stops_naming_the_last_good_step_which_restores(
   expected = finished[1]
   assert results['final'] == pytest.approx(expected['final'], abs=1e-6)
   assert np.isfinite(results['train']['loss'])
+
+
+def test_sections_of_other_methods_do_not_block_a_resume(
+  finished, mock_cifar100, tmp_path
+):
+  """A config.json from a version with other methods (or without some)
+  still resumes: only the run's own method section is compared."""
+  workdir = _copy(finished[0], tmp_path / 'run')
+  path = os.path.join(workdir, workdir_lib.CONFIG)
+  saved = workdir_lib.read_json(path)
+  assert 'kd' not in saved and 'crd' not in saved  # a 'ce' run
+  saved['retired_method'] = {'beta': 3.0}
+  workdir_lib.write_json(path, saved)
+  os.remove(os.path.join(workdir, workdir_lib.RESULTS))
+  results = train.train_and_evaluate(_config(), workdir)
+  assert results['final'] == pytest.approx(finished[1]['final'], abs=1e-6)
+  assert not os.path.exists(os.path.join(workdir,
+                                         workdir_lib.CONFIG_CHANGES))

@@ -184,6 +184,12 @@ class Method:
     self.config = config
     self.cfg = config.get(self.name) if self.default_config() else None
 
+  def config_sections(self) -> tuple[str, ...]:
+    """The method sections of the config this method reads (its own). A
+    run's record keeps only these: a section another method adds later
+    does not change what the run is."""
+    return (self.name,) if self.default_config() else ()
+
   def validate_config(self, check) -> None:
     """Records impossible values of this method's section on ``check``
     (a ``validation.Checker``: ``check.number('kd.temperature',

@@ -136,6 +136,9 @@ class FitParaphraser(base.Method):
 
   name = 'ft_paraphraser'
 
+  def config_sections(self):
+    return ('ft',)  # the paraphraser's factor rate k
+
   def create_trainable(self, teacher, data, rngs):
     t_c = _last_stage(common.feature_shapes(teacher.model, data))[-1]
     return base.Trainable(
