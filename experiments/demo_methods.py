@@ -26,7 +26,7 @@ import statistics
 import sys
 
 METHODS = ('ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt',
-           'ft', 'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'mhkd')
+           'ab', 'ft', 'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'mhkd')
 
 
 def _parse_args(argv):

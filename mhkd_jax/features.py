@@ -1,7 +1,8 @@
 """The one place that collects the features the models sow.
 
 Models call ``self.sow(nnx.Intermediate, name, x)`` for ``stem``,
-``stage1``..``stageN`` and ``pooled``; sowing outside ``nnx.capture`` is
+``stage1``..``stageN``, ``pooled`` and ``preact1``..``preactN`` (each
+stage's pre-activation, RepDistiller's ``preact=True`` features); sowing outside ``nnx.capture`` is
 deprecated since flax 0.12.6, so every forward that needs features goes
 through ``forward_with_features``. Sown values come back as 1-tuples:
 they are unwrapped here, once.

@@ -76,7 +76,7 @@ def test_every_method_fits_a_cross_architecture_pair(method):
 
 @pytest.mark.parametrize('teacher, student', cifar100.PAIRS)
 def test_shape_dependent_modules_fit_every_pair(teacher, student):
-  for method in ('fitnet', 'vid'):
+  for method in ('fitnet', 'vid', 'ab'):
     _trainable(f'{teacher}-{student},{method}')
 
 

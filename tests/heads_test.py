@@ -22,8 +22,14 @@ def resnet8x4():
 def test_forward_with_features_names_shapes_and_logits(resnet8x4):
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   logits, feats = features.forward_with_features(resnet8x4, x, train=False)
-  assert set(feats) == {'stem', 'stage1', 'stage2', 'stage3', 'pooled'}
+  assert set(feats) == {'stem', 'stage1', 'stage2', 'stage3', 'pooled',
+                        'preact1', 'preact2', 'preact3'}
   assert feats['stage1'].shape == (2, 32, 32, 64)
+  # A stage output is its last block's pre-activation through the ReLU.
+  for k in (1, 2, 3):
+    np.testing.assert_array_equal(
+      np.maximum(feats[f'preact{k}'], 0), feats[f'stage{k}']
+    )
   assert feats['stage3'].shape == (2, 8, 8, 256)
   # The pooled vector is what the classifier sees.
   np.testing.assert_allclose(

@@ -233,20 +233,24 @@ def test_import_matches_pytorch(tmp_path, name):
   x = np.random.default_rng(0).standard_normal(
     (batch, size, size, 3), dtype=np.float32
   )
+  x_torch = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
   with torch.no_grad():
-    t_feats, t_logits = torch_model(
-      torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), is_feat=True
-    )
+    t_feats, t_logits = torch_model(x_torch, is_feat=True)
+    t_preacts, _ = torch_model(x_torch, is_feat=True, preact=True)
   with jax.default_matmul_precision('highest'):
     logits, feats = _jax_forward(model, x)
   logits = np.asarray(logits)
 
   logit_diff = float(np.max(np.abs(logits - t_logits.numpy())))
-  names = ['stem', *features.stage_names(feats), 'pooled']
-  assert set(names) == set(feats), sorted(feats)
-  assert len(names) == len(t_feats)
+  stages = features.stage_names(feats)
+  names = ['stem', *stages, 'pooled']
+  # RepDistiller's preact=True stage features (AB's), one per stage.
+  preacts = [s.replace('stage', 'preact') for s in stages]
+  assert set(names + preacts) == set(feats), sorted(feats)
+  assert len(names) == len(t_feats) == len(t_preacts)
   feat_diff = 0.0
-  for fname, t_feat in zip(names, t_feats):
+  pairs = [*zip(names, t_feats), *zip(preacts, t_preacts[1:-1])]
+  for fname, t_feat in pairs:
     ref = _to_nhwc(t_feat)
     got = np.asarray(feats[fname])
     assert got.shape == ref.shape, fname

@@ -1,16 +1,21 @@
-"""FitNet, CRD and DKD steps against PyTorch steps of the same methods.
+"""FitNet, CRD, DKD and AB-init steps against PyTorch steps of the same
+methods.
 
-Same tiny networks (resnet14 teacher -> resnet8 student, 10 classes), the
-same weights (the student, FitNet's regressor and CRD's embeddings are
-ported from PyTorch; CRD's initial memories from JAX), the same batches
+Same tiny networks (resnet14 teacher -> resnet8 student, 10 classes; for
+AB's init phase a resnet8x4 teacher, so that every connector is a
+regressor), the same weights (the student, FitNet's regressor, AB's
+connectors and CRD's embeddings are ported from PyTorch; CRD's initial
+memories from JAX), the same batches
 (normalised, no augmentation) and, for CRD, the same negatives (the JAX
 step's draw, fed to PyTorch's memory as RepDistiller's loader would).
 Three SGD steps (momentum 0.9, coupled weight decay 5e-4 on the student
 and on every extra module) with RepDistiller's loss ``gamma*CE + alpha*KD
-+ beta*L`` (DKD: mdistiller's ``CE + warmup*DKD``) must agree: every loss
-term within 1e-4 (relative above 1); the student's, the regressor's and
-the embeddings' parameters and CRD's memories after three steps within
-1e-4 relative.
++ beta*L`` (DKD: mdistiller's ``CE + warmup*DKD``; AB's init phase:
+RepDistiller's ``init``, the AB loss on the connectors' outputs from the
+student's pre-activations, training the connectors and the student's
+feature layers) must agree: every loss term within 1e-4 (relative above
+1); the student's, the regressor's, the connectors' and the embeddings'
+parameters and CRD's memories after three steps within 1e-4 relative.
 """
 
 import pathlib
@@ -107,15 +112,16 @@ def _run(method_name):
   data = DataSpec(NUM_CLASSES, (32, 32, 3), NUM_TRAIN, STEPS, labels)
   method = distill.create_method(config)
 
+  teacher_name = 'resnet8x4' if method_name == 'ab_init' else 'resnet14'
   torch.manual_seed(0)
-  t_teacher = torch_models.create_torch_model('resnet14', NUM_CLASSES)
+  t_teacher = torch_models.create_torch_model(teacher_name, NUM_CLASSES)
   t_student = torch_models.create_torch_model('resnet8', NUM_CLASSES)
   _randomize_bn(t_teacher, 1)
   _randomize_bn(t_student, 2)
   j_teacher = nnx.eval_shape(lambda: create_model(
-    'resnet14', num_classes=NUM_CLASSES, rngs=nnx.Rngs(9)))
+    teacher_name, num_classes=NUM_CLASSES, rngs=nnx.Rngs(9)))
   _port(t_teacher, j_teacher)
-  teacher = Teacher(j_teacher, None, name='resnet14')
+  teacher = Teacher(j_teacher, None, name=teacher_name)
   trainable = method.create_trainable(teacher, data, nnx.Rngs(0))
   _port(t_student, trainable.student)
 
@@ -135,13 +141,25 @@ def _run(method_name):
     _port(t_crd.embed_s, trainable.embed_s)
     _port(t_crd.embed_t, trainable.embed_t)
     extras = [t_crd]
-  params = [p for m in [t_student, *extras] for p in m.parameters()]
+  elif method_name == 'ab_init':
+    preacts = lambda m: [f.shape for f in m(
+      torch.zeros(2, 3, 32, 32), is_feat=True, preact=True)[0][1:-1]]
+    t_conn = ref.Connector(preacts(t_student), preacts(t_teacher))
+    _randomize_bn(t_conn, 3)
+    for t_reg, j_reg in zip(t_conn.connectors, trainable.connector):
+      _port(t_reg, j_reg)
+    extras = [t_conn]
+  # RepDistiller's init phases train the student's feature modules only.
+  students = ([m for name, m in t_student.named_children() if name != 'fc']
+              if method_name == 'ab_init' else [t_student])
+  params = [p for m in [*students, *extras] for p in m.parameters()]
   opt = torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9,
                         weight_decay=config.weight_decay)
 
   mesh = parallel.create_mesh(1)
   state, graphdef, tx = train_state_lib.train_state_for(
-    trainable, config, steps_per_epoch=STEPS, mesh=mesh)
+    trainable, config, steps_per_epoch=STEPS, mesh=mesh,
+    trained=method.trained_parameters())
   t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
   train_step = step_lib.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
@@ -168,9 +186,10 @@ def _run(method_name):
     yt = torch.from_numpy(labels[rows].astype(np.int64))
     t_student.train()
     t_teacher.eval()
-    feat_s, logit_s = t_student(xt, is_feat=True)
+    preact = method_name == 'ab_init'
+    feat_s, logit_s = t_student(xt, is_feat=True, preact=preact)
     with torch.no_grad():
-      feat_t, logit_t = t_teacher(xt, is_feat=True)
+      feat_t, logit_t = t_teacher(xt, is_feat=True, preact=preact)
     t_terms = {'ce': torch.nn.functional.cross_entropy(logit_s, yt),
                'kd/logits': ref.distill_kl(logit_s, logit_t, 4.0)}
     if method_name == 'fitnet':
@@ -182,6 +201,10 @@ def _run(method_name):
         feat_s[-1], feat_t[-1], torch.from_numpy(rows),
         torch.from_numpy(contrast_idx)).reshape(())
       loss = t_terms['ce'] + 0.8 * t_terms['crd/pooled']
+    elif method_name == 'ab_init':
+      t_terms = {'ab/preacts': ref.ab_loss(t_conn(feat_s[1:-1]),
+                                           feat_t[1:-1])}
+      loss = t_terms['ab/preacts']
     else:  # dkd, first epoch: warm-up 1/20; no KD term of its own
       del t_terms['kd/logits']
       t_terms['dkd/logits'] = ref.dkd_loss(logit_s, logit_t, yt, 1.0, 8.0,
@@ -204,6 +227,9 @@ def _run(method_name):
   pairs = [(t_student, trained.student, 'student')]
   if method_name == 'fitnet':
     pairs.append((t_reg, trained.regressor, 'regressor'))
+  if method_name == 'ab_init':
+    pairs += [(t_reg, j_reg, f'connector {i}') for i, (t_reg, j_reg) in
+              enumerate(zip(t_conn.connectors, trained.connector))]
   if method_name == 'crd':
     pairs += [(t_crd.embed_s, trained.embed_s, 'embed_s'),
               (t_crd.embed_t, trained.embed_t, 'embed_t')]
@@ -228,7 +254,7 @@ def _run(method_name):
   return diffs
 
 
-@pytest.mark.parametrize('method_name', ['fitnet', 'crd', 'dkd'])
+@pytest.mark.parametrize('method_name', ['fitnet', 'crd', 'dkd', 'ab_init'])
 def test_step_matches_pytorch(method_name):
   with jax.default_matmul_precision('highest'):
     _run(method_name)

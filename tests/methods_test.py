@@ -23,10 +23,11 @@ METHOD_TERMS = {
   'cc': 'cc/pooled', 'vid': 'vid/stages', 'rkd': 'rkd/pooled',
   'pkt': 'pkt/pooled', 'nst': 'nst/stages', 'crd': 'crd/pooled',
   'crd_kd': 'crd/pooled', 'dkd': 'dkd/logits', 'ft': 'ft/last_stage',
-  'fsp': 'fsp/after_init',
+  'fsp': 'fsp/after_init', 'ab': 'ab/after_init',
 }
 # Methods that train a preliminary phase first, in workdir/preliminary.
-PRELIMINARY = {'ft': 'mse/reconstruction', 'fsp': 'fsp/features'}
+PRELIMINARY = {'ft': 'mse/reconstruction', 'fsp': 'fsp/features',
+               'ab': 'ab/preacts'}
 
 
 def test_every_benchmark_method_is_registered():
@@ -100,7 +101,7 @@ def test_method_trains_and_keeps_the_teacher(
     for a, b in zip(jax.tree.leaves(phase['params']['paraphraser']),
                     jax.tree.leaves(main['buffers']['paraphraser'])):
       np.testing.assert_array_equal(a, b)
-  if method == 'fsp':
+  if method in ('fsp', 'ab'):
     # The init phase trains the feature layers, not the classifier.
     phase = _latest(os.path.join(workdir, 'preliminary'))
     assert 'fc' not in phase['params']['student']

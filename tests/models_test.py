@@ -208,12 +208,17 @@ def test_features_match_repdistiller(name):
   names = (
     ['stem'] + [f'stage{i}' for i in range(1, len(expected) - 1)] + ['pooled']
   )
-  assert set(feats) == set(names)
+  # Every stage also sows its pre-activation (AB's feature), of its shape.
+  preacts = [n.replace('stage', 'preact') for n in names[1:-1]]
+  assert set(feats) == set(names + preacts)
   for feat_name, nchw in zip(names, expected):
     nhwc = (
       tuple(nchw) if len(nchw) == 2 else tuple(nchw[i] for i in (0, 2, 3, 1))
     )
     assert feats[feat_name] == nhwc, feat_name
+    preact = feat_name.replace('stage', 'preact')
+    if preact in preacts:
+      assert feats[preact] == nhwc, preact
 
 
 # --- ImageNet ResNets (torchvision layout).
@@ -232,12 +237,16 @@ def test_imagenet_resnet_params_and_names(name):
 def test_imagenet_resnet_features(name):
   logits_shape, feats = _abstract_forward(name, IMAGENET_INPUT.shape)
   assert logits_shape == (2, 100)
-  assert feats == {
-    'stem': (2, 112, 112, 64),  # before the max-pool
+  stages = {
     'stage1': (2, 56, 56, 64),
     'stage2': (2, 28, 28, 128),
     'stage3': (2, 14, 14, 256),
     'stage4': (2, 7, 7, 512),
+  }
+  assert feats == {
+    'stem': (2, 112, 112, 64),  # before the max-pool
+    **stages,
+    **{k.replace('stage', 'preact'): v for k, v in stages.items()},
     'pooled': (2, 512),
   }
 
@@ -310,10 +319,15 @@ def test_wrn_last_stage_is_before_final_bn_relu():
   assert float(feats['pooled'].min()) >= 0
 
 
-def test_vgg_features_are_post_relu():
+def test_vgg_features_are_post_relu_and_preacts_are_not():
   _, feats = _eval_run('vgg8')
-  for name, value in feats.items():
-    assert float(value.min()) >= 0, name
+  for name in ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'pooled'):
+    assert float(feats[name].min()) >= 0, name
+  for k in range(1, 5):
+    assert float(feats[f'preact{k}'].min()) < 0, k
+    np.testing.assert_array_equal(
+      np.maximum(feats[f'preact{k}'], 0), feats[f'stage{k}']
+    )
 
 
 def test_mobilenetv2_stage_features_have_no_relu():

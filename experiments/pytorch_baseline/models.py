@@ -8,10 +8,14 @@ is exactly what RepDistiller saves (so ``mhkd_jax.interop`` is tested on the
 real key names and layouts), and the PyTorch speed baseline needs the same
 networks the JAX port runs.
 
-Every model takes NCHW images and has ``forward(x, is_feat=False)``; with
-``is_feat=True`` it returns ``(feats, logits)`` where ``feats`` is
-RepDistiller's list: the stem output, one tensor per stage, and the pooled
-vector fed to the classifier. Submodules are registered in RepDistiller's
+Every model takes NCHW images and has ``forward(x, is_feat=False,
+preact=False)``; with ``is_feat=True`` it returns ``(feats, logits)`` where
+``feats`` is RepDistiller's list: the stem output, one tensor per stage,
+and the pooled vector fed to the classifier. With ``preact=True`` the stage
+tensors are RepDistiller's pre-activations (what AB distils): the last
+block's output before its final ReLU, the BatchNorm that follows a WRN
+group (applied again, as RepDistiller does), a VGG block before its ReLU;
+MobileNetV2 ignores the flag, as RepDistiller's does. Submodules are registered in RepDistiller's
 order, because ``state_dict`` order follows registration order and the JSON
 spec lists keys in that order.
 """
@@ -115,10 +119,14 @@ class BasicBlock(nn.Module):
     setattr(self, shortcut_name, _projection(cin, planes, stride))
 
   def forward(self, x: Tensor) -> Tensor:
+    return self.forward_preact(x)[0]
+
+  def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
     out = F.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
     sc = getattr(self, self.shortcut_name)
-    return F.relu(out + (x if sc is None else sc(x)))
+    pre = out + (x if sc is None else sc(x))
+    return F.relu(pre), pre
 
 
 class Bottleneck(nn.Module):
@@ -141,11 +149,24 @@ class Bottleneck(nn.Module):
     setattr(self, shortcut_name, _projection(cin, cout, stride))
 
   def forward(self, x: Tensor) -> Tensor:
+    return self.forward_preact(x)[0]
+
+  def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
     out = F.relu(self.bn1(self.conv1(x)))
     out = F.relu(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
     sc = getattr(self, self.shortcut_name)
-    return F.relu(out + (x if sc is None else sc(x)))
+    pre = out + (x if sc is None else sc(x))
+    return F.relu(pre), pre
+
+
+def _run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
+  """``(output, pre-activation)``: RepDistiller's ``is_last`` block returns
+  its output before the final ReLU beside the output."""
+  *blocks, last = stage
+  for block in blocks:
+    x = block(x)
+  return last.forward_preact(x)
 
 
 def _projection(cin: int, cout: int, stride: int) -> nn.Sequential | None:
@@ -192,12 +213,14 @@ class CifarResNet(nn.Module):
     self.fc = nn.Linear(cin, num_classes)
     _init_kaiming(self)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     x = F.relu(self.bn1(self.conv1(x)))
     feats = [x]
     for layer in (self.layer1, self.layer2, self.layer3):
-      x = layer(x)
-      feats.append(x)
+      x, pre = _run_stage(layer, x)
+      feats.append(pre if preact else x)
     x = F.avg_pool2d(x, 8).flatten(1)
     feats.append(x)
     logits = self.fc(x)
@@ -230,12 +253,14 @@ class ResNetV2(nn.Module):
     self.linear = nn.Linear(cin, num_classes)
     _init_kaiming(self)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     x = F.relu(self.bn1(self.conv1(x)))
     feats = [x]
     for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-      x = layer(x)
-      feats.append(x)
+      x, pre = _run_stage(layer, x)
+      feats.append(pre if preact else x)
     x = x.mean((2, 3))
     feats.append(x)
     logits = self.linear(x)
@@ -265,13 +290,15 @@ class ImageNetResNet(nn.Module):
     self.fc = nn.Linear(cin, num_classes)
     _init_kaiming(self)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     x = F.relu(self.bn1(self.conv1(x)))
     feats = [x]
     x = F.max_pool2d(x, 3, 2, 1)
     for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-      x = layer(x)
-      feats.append(x)
+      x, pre = _run_stage(layer, x)
+      feats.append(pre if preact else x)
     x = x.mean((2, 3))
     feats.append(x)
     logits = self.fc(x)
@@ -338,12 +365,19 @@ class WideResNet(nn.Module):
     self.fc = nn.Linear(ch[3], num_classes)
     _init_normal_fan_out(self, linear_std=None)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     x = self.conv1(x)
     feats = [x]
     for group in (self.block1, self.block2, self.block3):
       x = group(x)
       feats.append(x)
+    if preact:
+      # RepDistiller: the BatchNorm that follows each group, applied again.
+      feats[1] = self.block2.layer[0].bn1(feats[1])
+      feats[2] = self.block3.layer[0].bn1(feats[2])
+      feats[3] = self.bn1(feats[3])
     x = F.avg_pool2d(F.relu(self.bn1(x)), 8).flatten(1)
     feats.append(x)
     logits = self.fc(x)
@@ -405,14 +439,17 @@ class VGG(nn.Module):
     self.classifier = nn.Linear(512, num_classes)
     _init_normal_fan_out(self, linear_std=0.01)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     h = x.shape[2]
     feats = []
     for i in range(5):
       if i in (1, 2, 3) or (i == 4 and h == 64):
         x = F.max_pool2d(x, 2, 2)
-      x = F.relu(getattr(self, f'block{i}')(x))
-      feats.append(x)
+      pre = getattr(self, f'block{i}')(x)
+      x = F.relu(pre)
+      feats.append(pre if preact and i > 0 else x)
     x = x.mean((2, 3))
     feats.append(x)
     logits = self.classifier(x)
@@ -493,7 +530,10 @@ class MobileNetV2(nn.Module):
     self.pool = input_size // 16
     _init_normal_fan_out(self, linear_std=0.01)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
+    del preact  # RepDistiller's MobileNetV2 ignores it too.
     x = self.conv1(x)
     feats = [x]
     for i, block in enumerate(self.blocks):
@@ -533,14 +573,19 @@ class ShuffleV1Block(nn.Module):
     self.bn3 = nn.BatchNorm2d(cout)
 
   def forward(self, x: Tensor) -> Tensor:
+    return self.forward_preact(x)[0]
+
+  def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
     out = F.relu(self.bn1(self.conv1(x)))
     out = _channel_shuffle(out, self.g1)
     out = F.relu(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
     if self.stride == 2:
       res = F.avg_pool2d(x, 3, 2, 1, count_include_pad=True)
-      return F.relu(torch.cat([out, res], 1))
-    return F.relu(out + x)
+      pre = torch.cat([out, res], 1)
+    else:
+      pre = out + x
+    return F.relu(pre), pre
 
 
 class ShuffleNetV1(nn.Module):
@@ -568,12 +613,14 @@ class ShuffleNetV1(nn.Module):
       setattr(self, f'layer{s + 1}', nn.Sequential(*blocks))
     self.linear = nn.Linear(cin, num_classes)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     x = F.relu(self.bn1(self.conv1(x)))
     feats = [x]
     for layer in (self.layer1, self.layer2, self.layer3):
-      x = layer(x)
-      feats.append(x)
+      x, pre = _run_stage(layer, x)
+      feats.append(pre if preact else x)
     x = F.avg_pool2d(x, 4).flatten(1)
     feats.append(x)
     logits = self.linear(x)
@@ -598,12 +645,17 @@ class ShuffleV2Block(nn.Module):
     self.bn3 = nn.BatchNorm2d(c)
 
   def forward(self, x: Tensor) -> Tensor:
+    return self.forward_preact(x)[0]
+
+  def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
     c = x.shape[1] // 2
     x1, x2 = x[:, :c], x[:, c:]
     out = F.relu(self.bn1(self.conv1(x2)))
     out = self.bn2(self.conv2(out))
-    out = F.relu(self.bn3(self.conv3(out)))
-    return _channel_shuffle(torch.cat([x1, out], 1), 2)
+    pre = self.bn3(self.conv3(out))
+    out = _channel_shuffle(torch.cat([x1, F.relu(pre)], 1), 2)
+    # RepDistiller returns the unshuffled concatenation as preact.
+    return out, torch.cat([x1, pre], 1)
 
 
 class ShuffleV2Down(nn.Module):
@@ -659,12 +711,14 @@ class ShuffleNetV2(nn.Module):
     self.bn2 = nn.BatchNorm2d(out_channels[3])
     self.linear = nn.Linear(out_channels[3], num_classes)
 
-  def forward(self, x: Tensor, is_feat: bool = False) -> Output:
+  def forward(
+    self, x: Tensor, is_feat: bool = False, preact: bool = False
+  ) -> Output:
     x = F.relu(self.bn1(self.conv1(x)))
     feats = [x]
     for layer in (self.layer1, self.layer2, self.layer3):
-      x = layer(x)
-      feats.append(x)
+      x, pre = _run_stage(layer, x)
+      feats.append(pre if preact else x)
     x = F.relu(self.bn2(self.conv2(x)))
     x = F.avg_pool2d(x, 4).flatten(1)
     feats.append(x)

@@ -5,8 +5,8 @@
 
 PAIR is ``teacher-student`` (``resnet32x4-resnet8x4``, ``vgg13-MobileNetV2``,
 ... the 13 of ``PAIRS``); METHOD is ``ce`` (the student alone), ``kd``,
-``fitnet``, ``at``, ``sp``, ``cc``, ``vid``, ``rkd``, ``pkt``, ``ft``,
-``fsp``, ``nst``, ``crd``, ``crd_kd``, ``dkd``, ``fit_teacher_heads`` (MHKD
+``fitnet``, ``at``, ``sp``, ``cc``, ``vid``, ``rkd``, ``pkt``, ``ab``,
+``ft``, ``fsp``, ``nst``, ``crd``, ``crd_kd``, ``dkd``, ``fit_teacher_heads`` (MHKD
 phase 1) or ``mhkd``. ``configs/cifar100.py:TEACHER`` trains a teacher.
 RepDistiller's recipe throughout: 240 epochs, batch 64, SGD 0.05 (0.01
 for MobileNetV2, ShuffleV1 and ShuffleV2 students), momentum 0.9, weight
@@ -46,8 +46,8 @@ PAIRS = (
   ('resnet32x4', 'ShuffleV2'), ('wrn_40_2', 'ShuffleV1'),
 )
 METHODS = (
-  'ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt', 'ft', 'fsp',
-  'nst', 'crd', 'crd_kd', 'dkd', 'fit_teacher_heads', 'mhkd',
+  'ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt', 'ab', 'ft',
+  'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'fit_teacher_heads', 'mhkd',
 )
 TEACHERS = tuple(sorted({t for t, _ in PAIRS}))
 # RepDistiller's train_student.py: 0.01 for these students.

@@ -159,10 +159,19 @@ def run_stages(model: nnx.Module, stages, x: jax.Array, *,
   """Runs each stage's blocks in order and sows the stage's output.
 
   The outputs are sown on ``model`` as ``stage1``, ``stage2``... (1-based):
-  the features that distillation heads read (``mhkd_jax.features``).
+  the features that distillation heads read (``mhkd_jax.features``). A
+  stage whose last block has ``with_preactivation`` also sows that block's
+  output before its final ReLU as ``preact1``, ``preact2``... (RepDistiller's
+  ``preact=True`` features, which AB distils).
   """
   for i, stage in enumerate(stages):
-    for block in stage:
+    *blocks, last = stage
+    for block in blocks:
       x = block(x, train=train)
+    if hasattr(last, 'with_preactivation'):
+      x, pre = last.with_preactivation(x, train=train)
+      model.sow(nnx.Intermediate, f'preact{i + 1}', pre)
+    else:
+      x = last(x, train=train)
     model.sow(nnx.Intermediate, f'stage{i + 1}', x)
   return x

@@ -125,6 +125,10 @@ class MobileNetV2(nnx.Module):
         x = block(x, train=train)
       if i in taps:
         self.sow(nnx.Intermediate, taps[i], x)
+        # The blocks end on a linear bottleneck (no ReLU), and
+        # RepDistiller's forward ignores preact=True: the pre-activation
+        # features are the stage outputs themselves.
+        self.sow(nnx.Intermediate, taps[i].replace('stage', 'preact'), x)
     x = layers.run_sequential(self.conv2, x, train=train)
     # AvgPool2d(2, ceil_mode=True) on the 2x2 map of a 32x32 input.
     x = layers.global_avg_pool(x)

@@ -2,7 +2,8 @@
 
 Post-activation BasicBlocks, ``depth = 6n + 2``. Sown features follow
 RepDistiller's ``forward(x, is_feat=True)``: ``stem`` (after conv1-bn-relu),
-``stage1``..``stage3`` (block outputs, after the final ReLU) and ``pooled``.
+``stage1``..``stage3`` (block outputs, after the final ReLU) and ``pooled``;
+``preact1``..``preact3`` are the stages' last sums before that ReLU.
 """
 
 from flax import nnx
@@ -32,6 +33,11 @@ class BasicBlock(nnx.Module):
       self.downsample = None
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.with_preactivation(x, train=train)[0]
+
+  def with_preactivation(self, x: jax.Array, *, train: bool):
+    """``(relu(pre), pre)``: the output and the sum before its ReLU
+    (RepDistiller's ``preact``, which AB distils)."""
     frozen = not train
     out = self.conv1(x)
     out = nnx.relu(self.bn1(out, use_running_average=frozen))
@@ -39,7 +45,8 @@ class BasicBlock(nnx.Module):
     if self.downsample is not None:
       conv, bn = self.downsample
       x = bn(conv(x), use_running_average=frozen)
-    return nnx.relu(out + x)
+    pre = out + x
+    return nnx.relu(pre), pre
 
 
 class CifarResNet(nnx.Module):

@@ -49,10 +49,15 @@ class BasicBlock(nnx.Module):
     self.shortcut = _shortcut(in_planes, planes, stride, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.with_preactivation(x, train=train)[0]
+
+  def with_preactivation(self, x: jax.Array, *, train: bool):
+    """``(relu(pre), pre)``: the output and the sum before its ReLU."""
     f = not train
     out = nnx.relu(self.bn1(self.conv1(x), use_running_average=f))
     out = self.bn2(self.conv2(out), use_running_average=f)
-    return nnx.relu(out + _apply_shortcut(self.shortcut, x, train=train))
+    pre = out + _apply_shortcut(self.shortcut, x, train=train)
+    return nnx.relu(pre), pre
 
 
 class Bottleneck(nnx.Module):
@@ -73,11 +78,16 @@ class Bottleneck(nnx.Module):
     self.shortcut = _shortcut(in_planes, out_planes, stride, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.with_preactivation(x, train=train)[0]
+
+  def with_preactivation(self, x: jax.Array, *, train: bool):
+    """``(relu(pre), pre)``: the output and the sum before its ReLU."""
     f = not train
     out = nnx.relu(self.bn1(self.conv1(x), use_running_average=f))
     out = nnx.relu(self.bn2(self.conv2(out), use_running_average=f))
     out = self.bn3(self.conv3(out), use_running_average=f)
-    return nnx.relu(out + _apply_shortcut(self.shortcut, x, train=train))
+    pre = out + _apply_shortcut(self.shortcut, x, train=train)
+    return nnx.relu(pre), pre
 
 
 class ResNetV2(nnx.Module):

@@ -51,6 +51,11 @@ class ShuffleV1Bottleneck(nnx.Module):
     self.bn3 = layers.batch_norm(out_planes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.with_preactivation(x, train=train)[0]
+
+  def with_preactivation(self, x: jax.Array, *, train: bool):
+    """``(relu(pre), pre)``: the output and the sum (or concatenation)
+    before its ReLU."""
     frozen = not train
     out = nnx.relu(self.bn1(self.conv1(x), use_running_average=frozen))
     out = layers.channel_shuffle(out, self.g1)
@@ -58,9 +63,10 @@ class ShuffleV1Bottleneck(nnx.Module):
     out = self.bn3(self.conv3(out), use_running_average=frozen)
     if self.stride == 2:
       # AvgPool2d(3, 2, padding=1) counts the zero padding.
-      res = layers.avg_pool(x, 3, 2, 1)
-      return nnx.relu(jnp.concatenate([out, res], axis=-1))
-    return nnx.relu(out + x)
+      pre = jnp.concatenate([out, layers.avg_pool(x, 3, 2, 1)], axis=-1)
+    else:
+      pre = out + x
+    return nnx.relu(pre), pre
 
 
 class ShuffleNetV1(nnx.Module):
@@ -161,14 +167,20 @@ class ShuffleV2BasicBlock(nnx.Module):
     self.bn3 = layers.batch_norm(c, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.with_preactivation(x, train=train)[0]
+
+  def with_preactivation(self, x: jax.Array, *, train: bool):
+    """``(output, pre)``. As in RepDistiller, ``pre`` is the concatenation
+    of the untouched half and the transformed half before its ReLU, taken
+    before the channel shuffle."""
     f = not train
     c = x.shape[-1] // 2
     x1, x2 = x[..., :c], x[..., c:]
     out = nnx.relu(self.bn1(self.conv1(x2), use_running_average=f))
     out = self.bn2(self.conv2(out), use_running_average=f)
-    out = nnx.relu(self.bn3(self.conv3(out), use_running_average=f))
-    out = jnp.concatenate([x1, out], axis=-1)
-    return layers.channel_shuffle(out, 2)
+    pre = self.bn3(self.conv3(out), use_running_average=f)
+    out = jnp.concatenate([x1, nnx.relu(pre)], axis=-1)
+    return layers.channel_shuffle(out, 2), jnp.concatenate([x1, pre], -1)
 
 
 class ShuffleNetV2(nnx.Module):

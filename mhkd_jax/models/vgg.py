@@ -9,7 +9,8 @@ the port keeps ``None`` placeholders for the ReLUs (see
 inputs, so on CIFAR ``stage3`` and ``stage4`` are both 512x4x4.
 
 Sown features: ``stem`` (relu(block0)), ``stage1``..``stage4``
-(relu(block1..4)), ``pooled`` (512-d).
+(relu(block1..4)), ``preact1``..``preact4`` (block1..4 before the ReLU),
+``pooled`` (512-d).
 """
 
 from flax import nnx
@@ -90,7 +91,11 @@ class VGG(nnx.Module):
       # pool0..pool2 always run; pool3 (before block4) only for h == 64.
       if i < 3 or h == 64:
         x = layers.max_pool(x, 2, 2)
-      x = nnx.relu(layers.run_sequential(block, x, train=train))
+      # A block ends on its last BatchNorm (or conv): RepDistiller's
+      # pre-activation of the stage, which AB distils.
+      x = layers.run_sequential(block, x, train=train)
+      self.sow(nnx.Intermediate, f'preact{i + 1}', x)
+      x = nnx.relu(x)
       self.sow(nnx.Intermediate, f'stage{i + 1}', x)
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)

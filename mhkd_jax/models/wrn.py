@@ -4,7 +4,10 @@ Pre-activation BasicBlocks (BN-ReLU-conv), ``depth = 6n + 4``, dropout 0.
 Sown features follow RepDistiller's ``forward(x, is_feat=True)``: ``stem``
 is the raw conv1 output (no BN/ReLU yet), ``stage1``..``stage3`` are the
 raw outputs of block1..block3 (``stage3`` before the final BN-ReLU), and
-``pooled`` the vector fed to ``fc``.
+``pooled`` the vector fed to ``fc``. ``preact1``..``preact3`` are
+RepDistiller's ``preact=True`` features: the BatchNorm that follows each
+group (the next group's first ``bn1``, then the final ``bn1``), before
+its ReLU.
 
 Attribute names mirror the PyTorch state_dict: ``block1.layer.0.bn1``,
 ``block2.layer.0.convShortcut``, ``bn1``, ``fc``.
@@ -37,9 +40,15 @@ class BasicBlock(nnx.Module):
         in_planes, out_planes, 1, stride=stride, rngs=rngs
       )
 
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, train: bool, normalized: jax.Array | None = None
+  ) -> jax.Array:
+    """``normalized``: ``bn1(x)`` if the caller has computed it already
+    (the network sows it as the previous group's pre-activation)."""
     frozen = not train
-    pre = nnx.relu(self.bn1(x, use_running_average=frozen))
+    if normalized is None:
+      normalized = self.bn1(x, use_running_average=frozen)
+    pre = nnx.relu(normalized)
     if not self.equal_in_out:
       # Where the width changes, the shortcut sees relu(bn1(x)), not x.
       x = pre
@@ -74,9 +83,12 @@ class NetworkBlock(nnx.Module):
       ]
     )
 
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    for block in self.layer:
-      x = block(x, train=train)
+  def __call__(
+    self, x: jax.Array, *, train: bool, normalized: jax.Array | None = None
+  ) -> jax.Array:
+    """``normalized``: the first block's ``bn1(x)``, if already computed."""
+    for i, block in enumerate(self.layer):
+      x = block(x, train=train, normalized=normalized if i == 0 else None)
     return x
 
 
@@ -106,12 +118,23 @@ class WideResNet(nnx.Module):
     self.fc = layers.linear_zero_bias(channels[3], num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    frozen = not train
     x = self.conv1(x)
     self.sow(nnx.Intermediate, 'stem', x)
-    for i, group in enumerate((self.block1, self.block2, self.block3)):
-      x = group(x, train=train)
+    groups = (self.block1, self.block2, self.block3)
+    # RepDistiller's pre-activation of group k is the BatchNorm that
+    # follows it, before its ReLU: the next group's first bn1, and the
+    # final bn1 after the last group. Each is computed once here and
+    # handed on (RepDistiller's preact forward applies it a second time,
+    # which in train mode also updates its running statistics twice).
+    normalized = None
+    for i, group in enumerate(groups):
+      x = group(x, train=train, normalized=normalized)
       self.sow(nnx.Intermediate, f'stage{i + 1}', x)
-    x = nnx.relu(self.bn1(x, use_running_average=not train))
+      next_bn = groups[i + 1].layer[0].bn1 if i + 1 < len(groups) else self.bn1
+      normalized = next_bn(x, use_running_average=frozen)
+      self.sow(nnx.Intermediate, f'preact{i + 1}', normalized)
+    x = nnx.relu(normalized)
     x = layers.global_avg_pool(x)
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.fc(x)
