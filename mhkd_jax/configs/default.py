@@ -52,8 +52,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Where batches are made (mhkd_jax/data/inputs.py): 'device' keeps the
   # whole split on the accelerators and gathers/augments there (CIFAR
   # scale); 'host' sends each process's rows of every batch from host
-  # memory. Both give the same batches.
+  # memory. Both give the same batches. 'stream' reads each process's rows
+  # from an array_record source and decodes/augments them in grain workers
+  # (ImageNet scale; mhkd_jax/data/streaming.py).
   config.data.pipeline = 'device'
+  # Streaming only: grain worker processes (0 = decode in this process's
+  # threads), reader threads per process, batches buffered per worker, and
+  # JPEG decoding at a reduced scale where the crop allows.
+  config.data.num_workers = 0
+  config.data.num_threads = 8
+  config.data.prefetch_batches = 2
+  config.data.jpeg_draft = True
 
   # Optimisation: RepDistiller's recipe (recipes.md).
   config.batch_size = 64

