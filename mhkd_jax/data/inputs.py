@@ -299,6 +299,12 @@ def create_inputs(
     raise errors.ConfigError(
       f'config.data.pipeline={pipeline!r}; valid: {", ".join(PIPELINES)}.'
     )
+  info = datasets.dataset_info(config.data.name)
+  if info.train_crop != 'pad' and pipeline != 'stream':
+    raise errors.ConfigError(
+      f'{info.name} is read image by image (its images differ in size): '
+      "set config.data.pipeline='stream'."
+    )
   if pipeline == 'stream':
     from mhkd_jax.data import streaming  # noqa: PLC0415 (imports grain)
 
