@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
   except datasets.ManualFilesMissingError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+  sizes = {str(k): v.num_examples for k, v in builder.info.splits.items()}
   # Printed, not logged: where the data went is this command's answer.
   print(
     f'Prepared {builder.name} {builder.version} '
