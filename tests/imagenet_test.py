@@ -75,3 +75,22 @@ def test_device_pipelines_are_refused_for_imagenet():
   config.data.pipeline = 'device'
   with pytest.raises(errors.ConfigError, match="pipeline='stream'"):
     inputs.create_inputs(config, parallel.create_mesh())
+
+
+def test_unprepared_imagenet_stops_before_compiling(tmp_path, monkeypatch):
+  from mhkd_jax import step, train  # noqa: PLC0415
+  from mhkd_jax.configs import imagenet_resnet34_resnet18 as imagenet  # noqa
+
+  def no_compiling(**kwargs):
+    raise AssertionError('compiled a step for an unprepared data set')
+
+  monkeypatch.setattr(step, 'create_train_step', no_compiling)
+  config = imagenet.get_config('ce')
+  config.data.data_dir = str(tmp_path / 'empty')
+  config.batch_size = config.eval_batch_size = 8
+  with pytest.raises(datasets.DatasetNotPreparedError) as e:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  message = str(e.value)
+  assert ('python -m mhkd_jax.data.prepare --dataset=imagenet2012 '
+          f'--data_dir={tmp_path / "empty"} --manual_dir=DIR') in message
+  assert 'ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar' in message

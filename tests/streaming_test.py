@@ -6,7 +6,6 @@ temporary data_dir (offline, seconds), and the real grain pipeline reads it.
 
 import io
 import math
-import os
 
 import jax
 import numpy as np
@@ -216,25 +215,16 @@ def _train_config(digits_dir):
   return config
 
 
-def test_trains_and_resumes_through_train_and_evaluate(
-  digits_dir, tmp_path, disrupt_train_step
-):
+def test_trains_through_train_and_evaluate(digits_dir, tmp_path):
+  """The stream feeds the real loop; resume is exact because the batches
+  from any start step are (test_resumed_stream_equals_uninterrupted) and
+  the loop's own resume is pipeline-agnostic (tests/train_test.py)."""
   config = _train_config(digits_dir)
-  expected = train.train_and_evaluate(config, str(tmp_path / 'full'))
-  assert np.isfinite(expected['final']['eval/loss'])
-  assert 0 <= expected['final']['eval/acc'] <= 1
-
-  def kill():
-    raise KeyboardInterrupt('killed')
-
-  workdir = str(tmp_path / 'killed')
-  disrupt_train_step(at_call=6, action=kill)  # after the step-4 checkpoint
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, workdir)
-  disrupt_train_step.restore()
-  resumed = train.train_and_evaluate(config, workdir)
-  assert resumed['final'] == pytest.approx(expected['final'], abs=1e-6)
-  assert os.path.exists(os.path.join(workdir, 'results.json'))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['num_train_steps'] == 2 * 64 // config.batch_size
+  assert np.isfinite(results['final']['eval/loss'])
+  assert 0 <= results['final']['eval/acc'] <= 1
+  assert np.isfinite(results['train']['loss'])
 
 
 def test_step_fed_batch_is_global_and_normalised(digits_dir):

@@ -170,11 +170,11 @@ class ExampleTransform:
     return _resample(image, box, self.image_shape[:2], self.jpeg_draft)
 
   def _pad_crop(self, image, rng):
+    if image.mode not in ('L', 'RGB'):
+      image = image.convert('RGB')  # palette, CMYK, alpha
     array = np.asarray(image, np.uint8)
     if array.ndim == 2:
       array = array[..., None]
-    if array.shape[-1] == 4:
-      array = array[..., :3]
     # Same padding / channel tiling as the whole-split loader.
     array = datasets._to_image_shape(array[None], self.image_shape)[0]
     if rng is None or self.padding == 0:
