@@ -85,7 +85,7 @@ def test_resumed_stream_equals_uninterrupted(source):
   steps_per_epoch = 96 // BATCH
   full = _take(_train(source, rows), 2 * steps_per_epoch)
   resumed = _take(_train(source, rows, start_step=4), len(full) - 4)
-  for a, b in zip(full[4:], resumed):
+  for a, b in zip(full[4:], resumed, strict=True):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
   # Epoch 2 is another order of the same examples.
@@ -127,7 +127,7 @@ def test_worker_processes_give_the_same_batches(source):
     got = [next(iterator) for _ in range(4)]
   finally:
     iterator.close()
-  for a, b in zip(expected, got):
+  for a, b in zip(expected, got, strict=True):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
 

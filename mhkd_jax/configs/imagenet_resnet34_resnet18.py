@@ -1,6 +1,7 @@
 """ImageNet, ResNet34 -> ResNet18 (torchvision layout): the ImageNet KD pair.
 
-  python -m mhkd_jax.main --config=configs/imagenet_resnet34_resnet18.py:METHOD \
+  C=configs/imagenet_resnet34_resnet18.py
+  python -m mhkd_jax.main --config=$C:METHOD \
       --workdir=runs/imagenet/resnet18/METHOD
 
 METHOD is any of ``configs/cifar100.py``'s (``ce``, ``kd``, ``fitnet``,

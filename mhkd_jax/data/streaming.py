@@ -250,7 +250,7 @@ class _TrainBatchReader:
     indices = self.positions(step)
     records = self.source.__getitems__(indices.tolist())
     images = []
-    for row, record in zip(self.rows, records):
+    for row, record in zip(self.rows, records, strict=True):
       rng = np.random.default_rng([self.augment_seed, step, int(row)])
       images.append(self.transform(record['image'], rng))
     return {
@@ -277,7 +277,7 @@ class _EvalBatchReader:
     records = self.source.__getitems__(real.tolist()) if len(real) else []
     images = np.zeros((len(indices),) + self.transform.image_shape, np.uint8)
     labels = np.zeros((len(indices),), np.int32)
-    for slot, record in zip(np.flatnonzero(mask), records):
+    for slot, record in zip(np.flatnonzero(mask), records, strict=True):
       images[slot] = self.transform(record['image'], None)
       labels[slot] = record['label']
     return {
