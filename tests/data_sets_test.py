@@ -119,6 +119,10 @@ def test_manual_dir_without_the_files_names_them(tmp_path):
   message = str(e.value)
   assert 'ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar' in message
   assert message.endswith('missing: ILSVRC2012_img_train.tar.')
+  with pytest.raises(datasets.ManualFilesMissingError,
+                     match='pass --manual_dir=DIR, a directory holding '
+                     'tiny-imagenet-200.zip'):
+    datasets.check_manual_dir('tiny_imagenet', None)
 
 
 def test_prepare_cli_exits_non_zero_naming_the_imagenet_tars(tmp_path):

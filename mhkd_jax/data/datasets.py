@@ -284,10 +284,11 @@ def check_manual_dir(name: str, manual_dir: str | None) -> None:
   ) else set()
   missing = [f for f in expected if f not in present]
   if missing:
+    where = (f'--manual_dir={manual_dir} must hold' if manual_dir
+             else 'pass --manual_dir=DIR, a directory holding')
     raise ManualFilesMissingError(
-      f'{name} is prepared from files you download yourself: '
-      f'--manual_dir={manual_dir} must hold {", ".join(expected)}; '
-      f'missing: {", ".join(missing)}.'
+      f'{name} is prepared from files you download yourself: {where} '
+      f'{", ".join(expected)}; missing: {", ".join(missing)}.'
     )
 
 
