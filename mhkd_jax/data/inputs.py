@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 from mhkd_jax import errors, parallel
 from mhkd_jax.data import augment, datasets
 
-PIPELINES = ('device', 'host')
+PIPELINES = ('device', 'host', 'stream')
 
 
 @dataclasses.dataclass
@@ -290,13 +290,25 @@ def create_inputs(
   """The train and eval inputs that ``config.data`` describes.
 
   ``config.data.pipeline`` picks where batches are made: 'device' (the
-  split resident on the devices) or 'host' (host-fed, per process).
+  split resident on the devices), 'host' (host-fed, per process) or
+  'stream' (``streaming.py``: read, decoded and augmented per process
+  from an array_record source, for data sets that fit nowhere whole).
   """
   pipeline = config.data.pipeline
   if pipeline not in PIPELINES:
     raise errors.ConfigError(
       f'config.data.pipeline={pipeline!r}; valid: {", ".join(PIPELINES)}.'
     )
+  info = datasets.dataset_info(config.data.name)
+  if info.train_crop != 'pad' and pipeline != 'stream':
+    raise errors.ConfigError(
+      f'{info.name} is read image by image (its images differ in size): '
+      "set config.data.pipeline='stream'."
+    )
+  if pipeline == 'stream':
+    from mhkd_jax.data import streaming  # noqa: PLC0415 (imports grain)
+
+    return streaming.create_inputs(config, mesh)
   train_split, eval_split, info = datasets.load_datasets(config.data)
   preprocessing = Preprocessing.from_config(config.data, info)
   train_input = _TRAIN_INPUTS[pipeline](

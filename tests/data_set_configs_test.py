@@ -1,0 +1,70 @@
+"""ImageNet, Tiny-ImageNet and SVHN configs: every method validates, and
+every method's trainable parts (heads, connectors, embeddings) are built
+for the data set's input shape (224x224 for ImageNet)."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from mhkd_jax import distill, validation
+from mhkd_jax.configs import imagenet_resnet34_resnet18 as imagenet
+from mhkd_jax.configs import svhn_resnet32x4_resnet8x4 as svhn
+from mhkd_jax.configs import tiny_imagenet_resnet32x4_resnet8x4 as tiny
+from mhkd_jax.data import datasets
+from mhkd_jax.distill.base import DataSpec, Teacher
+from mhkd_jax.models import create_model
+
+
+@pytest.mark.parametrize('module', [imagenet, svhn, tiny])
+def test_every_method_validates(module):
+  for method in module.METHODS:
+    config = module.get_config(method)
+    validation.validate(config)
+    assert config.data.name in datasets.dataset_names()
+    if method not in ('teacher', 'ce'):
+      assert config.teacher.model and config.teacher.init
+
+
+def test_imagenet_recipe():
+  config = imagenet.get_config('kd')
+  assert (config.model, config.teacher.model) == (
+    'imagenet_resnet18', 'imagenet_resnet34')
+  assert config.data.pipeline == 'stream'
+  assert config.batch_size == 256 and config.num_epochs == 100
+  assert config.learning_rate == 0.1 and config.weight_decay == 1e-4
+  # x0.1 once the 1-based epoch exceeds 30, 60, 90.
+  assert [f * config.num_epochs for f in config.lr_decay_fractions] == [
+    30, 60, 90]
+  info = datasets.dataset_info('imagenet2012')
+  assert info.image_shape == (224, 224, 3) and info.num_classes == 1000
+  assert info.train_crop == 'inception' and info.eval_crop_fraction == 0.875
+
+
+def _trainable(module, method, shape, classes):
+  config = module.get_config(method)
+  if config.method == 'mhkd':
+    config.mhkd.teacher_head_mode = 'online'  # no heads checkpoint here
+  name = config.teacher.model
+  teacher = Teacher(nnx.eval_shape(
+    lambda: create_model(name, num_classes=classes, rngs=nnx.Rngs(0))),
+    None, name=name)
+  data = DataSpec(classes, shape, 1000, 10, np.arange(1000) % classes)
+  method_ = distill.create_method(config)
+  return nnx.eval_shape(
+    lambda: method_.create_trainable(teacher, data, nnx.Rngs(0)))
+
+
+# The methods whose trainable modules depend on feature-map shapes (the
+# others add nothing to the student, or only vectors of pooled features).
+SHAPE_DEPENDENT = ('fitnet', 'vid', 'ft', 'fsp', 'mhkd', 'crd')
+
+
+@pytest.mark.parametrize('method', SHAPE_DEPENDENT)
+def test_shape_dependent_methods_build_at_224(method):
+  trainable = _trainable(imagenet, method, (224, 224, 3), 1000)
+  assert trainable.get('student') is not None
+
+
+@pytest.mark.parametrize('method', ['fitnet', 'mhkd'])
+def test_feature_map_methods_build_at_64(method):
+  _trainable(tiny, method, (64, 64, 3), 200)
