@@ -38,6 +38,13 @@ def test_imagenet_recipe():
   info = datasets.dataset_info('imagenet2012')
   assert info.image_shape == (224, 224, 3) and info.num_classes == 1000
   assert info.train_crop == 'inception' and info.eval_crop_fraction == 0.875
+  # mdistiller's ImageNet KD and DKD weights.
+  assert (config.kd.temperature, config.kd.w_ce, config.kd.w_kd) == (
+    1.0, 0.5, 0.5)
+  dkd = imagenet.get_config('dkd').dkd
+  assert (dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (
+    1.0, 0.5, 1.0, 1)
+  assert imagenet.PUBLISHED['kd'] == 71.03
 
 
 def _trainable(module, method, shape, classes):
