@@ -25,17 +25,34 @@ flags.mark_flags_as_required(['config', 'workdir'])
 LOG_FILE = 'log.txt'
 
 
+def _initialize_distributed(jax) -> None:
+  """Joins a multi-process job when the environment asks for one.
+
+  On a Cloud TPU slice and under SLURM, ``jax.distributed.initialize()``
+  finds the coordinator, the number of processes and this process's index
+  by itself (``MHKD_MULTIHOST=1`` asks for it). Elsewhere (several
+  processes on one machine, a hand-made cluster) they come from
+  ``JAX_COORDINATOR_ADDRESS`` (read by JAX), ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``, the names JAX gives the arguments.
+  """
+  env = os.environ
+  if not (env.get('JAX_COORDINATOR_ADDRESS') or env.get('MHKD_MULTIHOST')):
+    return
+  kwargs = {}
+  if env.get('JAX_NUM_PROCESSES'):
+    kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
+  if env.get('JAX_PROCESS_ID'):
+    kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logs()
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set by users)
 
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get(
-    'MHKD_MULTIHOST'
-  ):
-    # Multi-host pod slices / GPU clusters: one process per host.
-    jax.distributed.initialize()
+  _initialize_distributed(jax)
   from mhkd_jax import train, validation  # noqa: PLC0415
 
   config, workdir = flags.FLAGS.config, _WORKDIR.value
