@@ -291,6 +291,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
           action(step + 1, state=state)
         if watcher.should_stop(step + 1):
           _save_checkpoint(checkpointer, step + 1, state)
+          # Every process says so (a warning reaches the terminal): which
+          # step a job's processes agreed on is in each one's output.
+          logging.warning(
+            'Preempted: process %d saves step %d and stops; re-run the '
+            'same command to resume.', jax.process_index(), step + 1,
+          )
           return {'preempted': True, 'step': step + 1}
     finally:
       # Whatever happens, finish the checkpoint writes already under way.
