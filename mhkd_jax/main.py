@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mhkd_jax import cli
+from mhkd_jax import cli, paths
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 config_flags.DEFINE_config_file(
@@ -58,7 +58,7 @@ def main(argv):
   config, workdir = flags.FLAGS.config, _WORKDIR.value
   # A config that cannot run stops here, before the workdir is touched.
   cli.run(validation.validate, config)
-  cli.log_to_file(os.path.join(workdir, LOG_FILE))
+  cli.log_to_file(paths.join(paths.absolute(workdir), LOG_FILE))
   logging.info(
     'JAX process %d/%d, %d local / %d global devices (%s).',
     jax.process_index(), jax.process_count(), jax.local_device_count(),
