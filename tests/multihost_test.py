@@ -214,19 +214,15 @@ def kd_two_processes(data_dir, teacher_dir, tmp_path_factory):
   return workdir, job
 
 
-@pytest.mark.parametrize('method', ['kd', 'mhkd'])
-def test_two_processes_equal_one_process(
-  method, data_dir, teacher_dir, kd_two_processes, tmp_path
-):
-  reference = str(tmp_path / 'one_process')
-  train.train_and_evaluate(_config(data_dir, method, teacher_dir), reference)
-  if method == 'kd':
-    workdir, job = kd_two_processes
-  else:
-    workdir = str(tmp_path / 'two_processes')
-    job = _run_job(workdir, _overrides(data_dir, method, teacher_dir),
-                   tmp_path, method)
-  _assert_same_run(workdir, reference)
+@pytest.fixture(scope='module')
+def kd_one_process(data_dir, teacher_dir, tmp_path_factory):
+  """The 1-process x 8-device KD reference (in this process)."""
+  workdir = str(tmp_path_factory.mktemp('kd1') / 'run')
+  train.train_and_evaluate(_config(data_dir, 'kd', teacher_dir), workdir)
+  return workdir
+
+
+def _assert_only_process_0_wrote(workdir, reference, job):
   # Both processes ran on 4 of the 8 devices; process 1 wrote no log line,
   # no TensorBoard file and nothing else of the run's own.
   with open(os.path.join(workdir, 'log.txt')) as f:
@@ -237,6 +233,37 @@ def test_two_processes_equal_one_process(
               if f.startswith('events.out.tfevents')]) == 1
   assert _run_files(workdir) == _run_files(reference)
   assert 'Error' not in job.output(1)
+
+
+def test_kd_on_two_processes_equals_one_process(kd_two_processes,
+                                                kd_one_process):
+  workdir, job = kd_two_processes
+  _assert_same_run(workdir, kd_one_process)
+  _assert_only_process_0_wrote(workdir, kd_one_process, job)
+
+
+def test_mhkd_on_two_processes_equals_one_process(data_dir, teacher_dir,
+                                                  tmp_path):
+  reference = str(tmp_path / 'one_process')
+  train.train_and_evaluate(_config(data_dir, 'mhkd', teacher_dir), reference)
+  workdir = str(tmp_path / 'two_processes')
+  job = _run_job(workdir, _overrides(data_dir, 'mhkd', teacher_dir),
+                 tmp_path, 'mhkd')
+  _assert_same_run(workdir, reference)
+  _assert_only_process_0_wrote(workdir, reference, job)
+
+
+def test_host_fed_input_sends_each_process_its_rows(
+  data_dir, teacher_dir, kd_one_process, tmp_path
+):
+  # The host-fed input (the shape of a streaming pipeline): each process
+  # sends only the rows of each batch its devices hold. The run equals
+  # the 1-process run of the device-resident input.
+  workdir = str(tmp_path / 'run')
+  overrides = dict(_overrides(data_dir, 'kd', teacher_dir))
+  overrides['data.pipeline'] = 'host'
+  _run_job(workdir, overrides, tmp_path, 'host')
+  _assert_same_run(workdir, kd_one_process)
 
 
 def test_sigterm_to_one_process_then_sigkill_then_restart_resumes_exactly(
