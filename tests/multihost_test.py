@@ -8,9 +8,10 @@ with gloo CPU collectives, all writing one workdir. The 1-process x
 same global batch), so a difference can only come from the split into
 processes: per-host input slices, collectives, collective checkpoints.
 
-One teacher (a 1-epoch ce run) and one uninterrupted 2-process KD run are
-shared by the tests of the module, which keeps its wall time to a few
-minutes on two cores.
+One teacher (a 1-epoch ce run), the 1-process KD run and one
+uninterrupted 2-process KD run are shared by the tests of the module; the
+file takes about 7 minutes on two shared cores, most of it start-up and
+compilation of the 8 two-process jobs.
 """
 
 import json
