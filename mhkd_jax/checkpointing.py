@@ -16,8 +16,6 @@ heads' variables). Every run exports its trained network to
 
 import contextlib
 import json
-import os
-import shutil
 
 import jax
 import numpy as np
@@ -25,7 +23,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from mhkd_jax import errors
+from etils import epath
+
+from mhkd_jax import errors, paths
 from mhkd_jax import heads as heads_lib
 from mhkd_jax.distill.base import Teacher
 from mhkd_jax.models import MODEL_NAMES, create_model
@@ -92,7 +92,7 @@ class TrainCheckpointer:
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = paths.join(paths.absolute(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -164,14 +164,14 @@ class TrainCheckpointer:
     return None, None
 
   def _set_aside(self, step: int) -> str:
-    path = os.path.join(self.directory, str(step))
+    path = paths.join(self.directory, str(step))
     aside = f'{path}.unreadable'
     n = 1
-    while os.path.exists(aside):
+    while paths.exists(aside):
       n += 1
       aside = f'{path}.unreadable{n}'
     if jax.process_index() == 0:
-      os.rename(path, aside)
+      epath.Path(path).rename(aside)
     return aside
 
   @contextlib.contextmanager
@@ -264,7 +264,7 @@ def save_teacher(
   ``input_shape`` (NHWC, batch 1) is the input the model was trained on;
   the heads are rebuilt for it when the checkpoint is loaded.
   """
-  directory = os.path.abspath(directory)
+  directory = paths.absolute(directory)
   tree = {'model': to_pure(nnx.state(model, _SAVED))}
   if heads is not None:
     tree['heads'] = to_pure(nnx.state(heads, _SAVED))
@@ -279,11 +279,10 @@ def save_teacher(
   # Written whole beside the destination, then moved in (_install_teacher).
   partial = directory + '.partial'
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(partial, 'state'), tree, force=True)
+  checkpointer.save(paths.join(partial, 'state'), tree, force=True)
   checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    with open(os.path.join(partial, TEACHER_META), 'w') as f:
-      json.dump(meta, f, indent=2)
+    epath.Path(partial, TEACHER_META).write_text(json.dumps(meta, indent=2))
     _install_teacher(partial, directory)
   logging.info('Wrote teacher checkpoint %s (%s)', directory, meta)
 
@@ -296,25 +295,27 @@ def _install_teacher(partial: str, directory: str) -> None:
   than new weights under an old description. Nothing else in
   ``directory`` is touched.
   """
-  os.makedirs(directory, exist_ok=True)
-  meta = os.path.join(directory, TEACHER_META)
-  if os.path.exists(meta):
-    os.remove(meta)
-  state = os.path.join(directory, 'state')
-  if os.path.exists(state):
-    os.replace(state, state + '.replaced')
-  os.replace(os.path.join(partial, 'state'), state)
-  os.replace(os.path.join(partial, TEACHER_META), meta)
-  shutil.rmtree(state + '.replaced', ignore_errors=True)
-  os.rmdir(partial)
+  directory, partial = epath.Path(directory), epath.Path(partial)
+  directory.mkdir(parents=True, exist_ok=True)
+  meta = directory / TEACHER_META
+  if meta.exists():
+    meta.unlink()
+  state = directory / 'state'
+  replaced = directory / 'state.replaced'
+  if state.exists():
+    state.rename(replaced)
+  (partial / 'state').rename(state)
+  (partial / TEACHER_META).rename(meta)
+  if replaced.exists():
+    replaced.rmtree()
+  partial.rmtree()
 
 
 def _read_teacher_meta(directory: str) -> dict:
   """``teacher.json``, checked field by field before anything is built."""
-  path = os.path.join(directory, TEACHER_META)
+  path = paths.join(directory, TEACHER_META)
   try:
-    with open(path) as f:
-      meta = json.load(f)
+    meta = json.loads(paths.read_text(path))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise TeacherCheckpointError(f'{path} is not valid JSON ({e}).') from None
   if not isinstance(meta, dict):
@@ -347,9 +348,9 @@ def _read_teacher_meta(directory: str) -> dict:
 
 def resolve_teacher_dir(path: str) -> str:
   """A teacher directory itself, or a run workdir holding ``export/``."""
-  path = os.path.abspath(os.path.expanduser(path))
-  for candidate in (path, os.path.join(path, EXPORT_DIR)):
-    if os.path.exists(os.path.join(candidate, TEACHER_META)):
+  path = paths.absolute(path)
+  for candidate in (path, paths.join(path, EXPORT_DIR)):
+    if paths.exists(paths.join(candidate, TEACHER_META)):
       return candidate
   raise TeacherCheckpointError(
     f'No teacher checkpoint at {path!r} (looked for {TEACHER_META} there and '
@@ -437,7 +438,7 @@ def load_teacher(
     abstract['heads'] = to_pure(nnx.state(heads, _SAVED))
   try:
     loaded = ocp.StandardCheckpointer().restore(
-      os.path.join(directory, 'state')
+      paths.join(directory, 'state')
     )
   except Exception as e:  # pylint: disable=broad-except
     # Missing, truncated or damaged array files fail in orbax's own ways.

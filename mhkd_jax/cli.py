@@ -14,17 +14,21 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import difflib
 import importlib.util
 import io
 import logging as std_logging
 import os
+import re
 import sys
+import tempfile
 
 from absl import flags, logging
+from etils import epath
 
-from mhkd_jax import errors
+from mhkd_jax import errors, paths
 
 _CONFIG_FLAG = '--config'
 
@@ -125,16 +129,37 @@ def quiet_logs() -> None:
 
 
 def log_to_file(path: str) -> None:
-  """Appends every log line, INFO included, to ``path`` (process 0)."""
+  """Appends every log line, INFO included, to ``path`` (process 0).
+
+  A bucket object cannot be appended to, so for a ``gs://`` workdir the
+  lines go to a local copy (seeded with the log already there), which is
+  copied over the bucket's when the program ends.
+  """
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set)
 
   if jax.process_index() != 0:
     return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  handler = std_logging.FileHandler(path)
+  local = path
+  if paths.is_remote(path):
+    local = os.path.join(tempfile.gettempdir(), 'mhkd_jax_logs',
+                         re.sub(r'[^A-Za-z0-9._-]', '_', path))
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    if paths.exists(path):
+      epath.Path(path).copy(local, overwrite=True)
+    atexit.register(_copy_log, local, path)
+  os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+  handler = std_logging.FileHandler(local)
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(std_logging.INFO)
   std_logging.getLogger().addHandler(handler)
+
+
+def _copy_log(local: str, remote: str) -> None:
+  try:
+    epath.Path(local).copy(remote, overwrite=True)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'The log {local} could not be copied to {remote}: {e}',
+          file=sys.stderr)
 
 
 def run(body, *args) -> None:

@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mhkd_jax import cli
+from mhkd_jax import cli, paths
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 config_flags.DEFINE_config_file(
@@ -25,23 +25,40 @@ flags.mark_flags_as_required(['config', 'workdir'])
 LOG_FILE = 'log.txt'
 
 
+def _initialize_distributed(jax) -> None:
+  """Joins a multi-process job when the environment asks for one.
+
+  On a Cloud TPU slice and under SLURM, ``jax.distributed.initialize()``
+  finds the coordinator, the number of processes and this process's index
+  by itself (``MHKD_MULTIHOST=1`` asks for it). Elsewhere (several
+  processes on one machine, a hand-made cluster) they come from
+  ``JAX_COORDINATOR_ADDRESS`` (read by JAX), ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``, the names JAX gives the arguments.
+  """
+  env = os.environ
+  if not (env.get('JAX_COORDINATOR_ADDRESS') or env.get('MHKD_MULTIHOST')):
+    return
+  kwargs = {}
+  if env.get('JAX_NUM_PROCESSES'):
+    kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
+  if env.get('JAX_PROCESS_ID'):
+    kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logs()
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set by users)
 
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get(
-    'MHKD_MULTIHOST'
-  ):
-    # Multi-host pod slices / GPU clusters: one process per host.
-    jax.distributed.initialize()
+  _initialize_distributed(jax)
   from mhkd_jax import train, validation  # noqa: PLC0415
 
   config, workdir = flags.FLAGS.config, _WORKDIR.value
   # A config that cannot run stops here, before the workdir is touched.
   cli.run(validation.validate, config)
-  cli.log_to_file(os.path.join(workdir, LOG_FILE))
+  cli.log_to_file(paths.join(paths.absolute(workdir), LOG_FILE))
   logging.info(
     'JAX process %d/%d, %d local / %d global devices (%s).',
     jax.process_index(), jax.process_count(), jax.local_device_count(),

@@ -19,7 +19,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from mhkd_jax import checkpointing, distill, errors, parallel, preemption
+from mhkd_jax import checkpointing, distill, errors, parallel, paths
+from mhkd_jax import preemption
 from mhkd_jax import progress
 from mhkd_jax import validation
 from mhkd_jax import workdir as workdir_lib
@@ -88,8 +89,8 @@ def _preliminary(method, teacher, data, mesh, workdir):
   if phase is None:
     return None, None
   name, config = phase
-  phase_dir = os.path.join(workdir, name)
-  if not os.path.exists(os.path.join(phase_dir, workdir_lib.RESULTS)):
+  phase_dir = paths.join(workdir, name)
+  if not paths.exists(paths.join(phase_dir, workdir_lib.RESULTS)):
     logging.info('Preliminary phase %r in %s.', config.method, phase_dir)
     results = train_and_evaluate(config, phase_dir)
     if results.get('preempted'):
@@ -234,7 +235,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns the final results (also written to ``workdir/results.json``), or
   ``{'preempted': True, 'step': ...}`` if the run was asked to stop early.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   validation.validate(config)  # before anything is read or compiled
   method = distill.create_method(config)
   config_changes = workdir_lib.check_config(workdir, config)
@@ -256,7 +257,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   teacher_graphdef, teacher_state = train_state_lib.place_teacher(
     teacher, config, mesh
   )
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   checkpointer = checkpointing.TrainCheckpointer(
     workdir, max_to_keep=config.checkpoint.max_to_keep
   )
@@ -291,6 +292,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
           action(step + 1, state=state)
         if watcher.should_stop(step + 1):
           _save_checkpoint(checkpointer, step + 1, state)
+          # Every process says so (a warning reaches the terminal): which
+          # step a job's processes agreed on is in each one's output.
+          logging.warning(
+            'Preempted: process %d saves step %d and stops; re-run the '
+            'same command to resume.', jax.process_index(), step + 1,
+          )
           return {'preempted': True, 'step': step + 1}
     finally:
       # Whatever happens, finish the checkpoint writes already under way.
@@ -344,7 +351,7 @@ def _export(export: base.Export | None, info, data, workdir) -> None:
   if export is None:
     return
   checkpointing.save_teacher(
-    os.path.join(workdir, checkpointing.EXPORT_DIR), export.model,
+    paths.join(workdir, checkpointing.EXPORT_DIR), export.model,
     export.heads, model_name=export.model_name,
     num_classes=info.num_classes, input_shape=data.input_shape,
   )

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
-from mhkd_jax import errors
+from mhkd_jax import errors, paths
 
 CONFIG = 'config.json'
 CONFIG_CHANGES = 'config_changes.jsonl'
@@ -44,23 +43,13 @@ def _is_writer() -> bool:
 
 def write_json(path: str, obj) -> None:
   """Writes ``obj`` as JSON to ``path`` atomically (temporary + rename)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=2)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  paths.write_atomic(path, lambda f: json.dump(obj, f, indent=2))
 
 
 def read_json(path: str):
   """The JSON in ``path``; a damaged file is a ``WorkdirError`` naming it."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise errors.WorkdirError(
       f'{path} is not valid JSON ({e}). It was not written by this '
@@ -114,8 +103,8 @@ def check_config(workdir: str, config) -> dict[str, list]:
   Raises:
     WorkdirError: the config differs in a key that changes the experiment.
   """
-  path = os.path.join(workdir, CONFIG)
-  if not os.path.exists(path):
+  path = paths.join(workdir, CONFIG)
+  if not paths.exists(path):
     return {}
   changes = config_changes(read_json(path), config_as_json(config))
   refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
@@ -135,8 +124,8 @@ def record_config(workdir: str, config, changes: dict, step: int) -> None:
   """Writes ``config.json`` for a new run; logs allowed changes."""
   if not _is_writer():
     return
-  path = os.path.join(workdir, CONFIG)
-  if not os.path.exists(path):
+  path = paths.join(workdir, CONFIG)
+  if not paths.exists(path):
     write_json(path, config_as_json(config))
   if changes:
     record = {
@@ -145,23 +134,22 @@ def record_config(workdir: str, config, changes: dict, step: int) -> None:
       'resumed_at_step': step,
       'changes': changes,
     }
-    with open(os.path.join(workdir, CONFIG_CHANGES), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    paths.append_line(paths.join(workdir, CONFIG_CHANGES), json.dumps(record))
 
 
 def read_history(workdir: str, start_step: int) -> list[dict]:
   """Eval history up to ``start_step`` (kept across restarts)."""
-  path = os.path.join(workdir, HISTORY)
-  if not os.path.exists(path):
+  path = paths.join(workdir, HISTORY)
+  if not paths.exists(path):
     return []
   return [h for h in read_json(path) if h['step'] <= start_step]
 
 
 def write_history(workdir: str, history: list[dict]) -> None:
   if _is_writer():
-    write_json(os.path.join(workdir, HISTORY), history)
+    write_json(paths.join(workdir, HISTORY), history)
 
 
 def write_results(workdir: str, results: dict) -> None:
   if _is_writer():
-    write_json(os.path.join(workdir, RESULTS), results)
+    write_json(paths.join(workdir, RESULTS), results)

@@ -1,0 +1,78 @@
+"""Paths that may name a bucket: a workdir, a teacher, a data directory.
+
+On a pod slice the workdir is ``gs://bucket/run``: orbax, TensorBoard and
+TFDS read and write there themselves, and everything this package writes
+beside them goes through ``etils.epath`` (which speaks ``gs://`` through
+TensorFlow's file system), never through ``os``/``open``: ``os.path`` on
+``gs://b/run`` makes a local directory ``gs:/b/run``, and
+``os.path.abspath`` prefixes it with the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import IO
+
+from etils import epath
+
+
+def is_remote(path: str) -> bool:
+  """Whether ``path`` is a URI (``gs://``, ``s3://``...), not a local path."""
+  return '://' in str(path)
+
+
+def absolute(path: str) -> str:
+  """A local path made absolute (``~`` expanded); a URI as it is."""
+  path = str(path)
+  if is_remote(path):
+    return path.rstrip('/')
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def join(path: str, *parts: str) -> str:
+  return str(epath.Path(path).joinpath(*parts))
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
+def makedirs(path: str) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(path: str) -> str:
+  return epath.Path(path).read_text()
+
+
+def write_atomic(path: str, write: Callable[[IO[str]], None]) -> None:
+  """Calls ``write(f)`` on a new file that becomes ``path`` only whole.
+
+  A temporary file beside it is renamed over it: atomic on POSIX file
+  systems; on a bucket a rename is a copy, and an object is only ever
+  visible complete, so a reader never sees half a file either way.
+  """
+  target = epath.Path(path)
+  tmp = target.parent / f'{target.name}.tmp-{os.getpid()}'
+  try:
+    with tmp.open('w') as f:
+      write(f)
+      if not is_remote(path):
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(target)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def append_line(path: str, line: str) -> None:
+  """Appends a line; a bucket object cannot be appended to, so it is
+  rewritten whole there (these files hold a line per resumed run)."""
+  if not is_remote(path):
+    with open(path, 'a') as f:
+      f.write(line + '\n')
+    return
+  before = read_text(path) if exists(path) else ''
+  write_atomic(path, lambda f: f.write(before + line + '\n'))

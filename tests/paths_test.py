@@ -1,0 +1,148 @@
+"""A ``gs://`` workdir: the package's own files go through epath, never os.
+
+Orbax, TensorBoard and TFDS speak ``gs://`` themselves; what this package
+writes beside them (config.json, the eval history, results, the
+config-change record, the log, teacher metadata) must too. Here epath's
+backends are replaced by one that maps ``gs://`` onto a local directory,
+and the current directory is an empty one: a file written through
+``os``/``open`` would land in ``./gs:/...`` instead, and an
+``os.path.abspath`` would put the current directory in front of the URI.
+"""
+
+import json
+import logging as std_logging
+import os
+
+import pytest
+from etils import epath
+from etils.epath import gpath as epath_gpath
+from etils.epath import testing as epath_testing
+
+from mhkd_jax import checkpointing, cli, errors, paths
+from mhkd_jax import workdir as workdir_lib
+from mhkd_jax.configs import test as test_config
+
+RUN = 'gs://bucket/runs/r1'
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+  """``gs://`` served from ``tmp_path/gcs``; cwd an empty directory."""
+  root = tmp_path / 'gcs'
+  root.mkdir()
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+
+  def local(p):
+    p = os.fspath(p)
+    return str(root / p[len('gs://'):]) if p.startswith('gs://') else p
+
+  def mapped(original, path, *args, **kwargs):
+    args = [local(a) if isinstance(a, (str, os.PathLike)) else a
+            for a in args]
+    return original(local(path), *args, **kwargs)
+
+  # epath picks TensorFlow's file system for gs:// whenever TensorFlow is
+  # installed, past the mocked backends: make it take them.
+  monkeypatch.setattr(epath_gpath, '_is_tf_installed', lambda: False)
+  names = ('copy', 'exists', 'glob', 'isdir', 'listdir', 'makedirs', 'mkdir',
+           'open', 'remove', 'rename', 'replace', 'rmtree', 'stat', 'walk')
+  with epath_testing.mock_epath(**{n: mapped for n in names}):
+    yield root
+  # Nothing went through os with a gs:// path.
+  assert os.listdir(cwd) == []
+
+
+def test_absolute_keeps_uris_and_anchors_local_paths(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert paths.absolute('gs://b/run/') == 'gs://b/run'
+  assert paths.absolute('run') == str(tmp_path / 'run')
+  assert paths.absolute('~/x') == os.path.expanduser('~/x')
+  assert paths.join('gs://b/run', 'checkpoints') == 'gs://b/run/checkpoints'
+  assert paths.is_remote('gs://b') and not paths.is_remote('/tmp/gs')
+
+
+def test_run_record_on_a_bucket(bucket):
+  config = test_config.get_config()
+  paths.makedirs(RUN)
+  assert workdir_lib.check_config(RUN, config) == {}
+  workdir_lib.record_config(RUN, config, {}, step=0)
+  run = bucket / 'bucket/runs/r1'
+  saved = json.loads((run / 'config.json').read_text())
+  assert saved['model'] == config.model
+  # Allowed changes are appended, one line per resumed run, though a
+  # bucket object cannot be appended to.
+  for epochs in (3, 4):
+    config.unlock()
+    config.num_epochs = epochs
+    changes = workdir_lib.check_config(RUN, config)
+    assert changes == {'num_epochs': [2, epochs]}
+    workdir_lib.record_config(RUN, config, changes, step=8)
+  lines = (run / 'config_changes.jsonl').read_text().splitlines()
+  assert [json.loads(x)['changes']['num_epochs'][1] for x in lines] == [3, 4]
+  # A change of experiment is refused, reading config.json from the bucket.
+  config.model = 'resnet14'
+  with pytest.raises(errors.WorkdirError, match="'resnet8' there"):
+    workdir_lib.check_config(RUN, config)
+
+  history = [{'step': 4, 'epoch': 1, 'eval/acc': 0.5},
+             {'step': 8, 'epoch': 2, 'eval/acc': 0.6}]
+  workdir_lib.write_history(RUN, history)
+  assert workdir_lib.read_history(RUN, start_step=4) == history[:1]
+  workdir_lib.write_results(RUN, {'final': {'eval/acc': 0.6}})
+  assert json.loads((run / 'results.json').read_text())['final'] == {
+    'eval/acc': 0.6}
+  # No temporary file is left behind.
+  assert sorted(os.listdir(run)) == [
+    'config.json', 'config_changes.jsonl', 'eval_history.json',
+    'results.json']
+
+
+def test_teacher_metadata_and_install_on_a_bucket(bucket):
+  partial = epath.Path(f'{RUN}/export.partial')
+  (partial / 'state').mkdir(parents=True)
+  (partial / 'state' / 'weights').write_text('w')
+  meta = {'model': 'resnet8', 'num_classes': 10, 'heads': None,
+          'input_shape': [1, 32, 32, 1]}
+  (partial / checkpointing.TEACHER_META).write_text(json.dumps(meta))
+  checkpointing._install_teacher(str(partial), f'{RUN}/export')
+  export = bucket / 'bucket/runs/r1/export'
+  assert (export / 'state' / 'weights').read_text() == 'w'
+  assert not (bucket / 'bucket/runs/r1/export.partial').exists()
+  # A run's workdir on the bucket is accepted as config.teacher.init.
+  found = checkpointing.resolve_teacher_dir(RUN)
+  assert found == f'{RUN}/export'
+  assert checkpointing._read_teacher_meta(found)['num_classes'] == 10
+  with pytest.raises(checkpointing.TeacherCheckpointError,
+                     match='gs://bucket/elsewhere'):
+    checkpointing.resolve_teacher_dir('gs://bucket/elsewhere')
+
+
+def test_log_of_a_bucket_workdir_is_kept_locally_then_copied(
+  bucket, monkeypatch, tmp_path
+):
+  monkeypatch.setattr(cli.tempfile, 'gettempdir', lambda: str(tmp_path))
+  at_exit = []
+  monkeypatch.setattr(cli.atexit, 'register',
+                      lambda fn, *args: at_exit.append((fn, args)))
+  run = bucket / 'bucket/runs/r1'
+  run.mkdir(parents=True)
+  (run / 'log.txt').write_text('line of an earlier session\n')
+  root_logger = std_logging.getLogger()
+  before = list(root_logger.handlers)
+  try:
+    cli.log_to_file(f'{RUN}/log.txt')
+    (handler,) = [h for h in root_logger.handlers if h not in before]
+    std_logging.getLogger('test').warning('a line of this session')
+    handler.flush()
+  finally:
+    for h in root_logger.handlers:
+      if h not in before:
+        root_logger.removeHandler(h)
+        h.close()
+  ((fn, args),) = at_exit
+  fn(*args)
+  log = (run / 'log.txt').read_text()
+  assert log.startswith('line of an earlier session\n')
+  assert 'a line of this session' in log
