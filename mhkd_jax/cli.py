@@ -116,13 +116,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     _error_exit(problem + '\nPass --helpfull to see every flag.', 2)
 
 
+class _NotFromOrbax(std_logging.Filter):
+  """Drops orbax's records: the faults it logs (a damaged checkpoint's
+  metadata, a failed write) are the ones the package handles and reports
+  in its own words, naming the step and the fix."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
 def quiet_logs() -> None:
-  """Keeps INFO logs (ours and the libraries') off the terminal; warnings
-  and errors still show. ``--verbosity`` (any value) keeps absl's usual
-  behaviour instead. ``log_to_file`` keeps everything."""
+  """Keeps INFO logs (ours and the libraries') and orbax's errors off the
+  terminal; other warnings and errors still show. ``--verbosity`` (any
+  value) keeps absl's usual behaviour instead. ``log_to_file`` keeps
+  everything."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   if not flags.FLAGS['verbosity'].present:
-    logging.get_absl_handler().setLevel(std_logging.WARNING)
+    handler = logging.get_absl_handler()
+    handler.setLevel(std_logging.WARNING)
+    handler.addFilter(_NotFromOrbax())
   import tensorflow_datasets as tfds  # noqa: PLC0415
 
   tfds.disable_progress_bar()

@@ -299,3 +299,24 @@ def test_results_file_is_written_atomically(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert json.loads(path.read_text()) == {'final': {'eval/acc': 0.5}}
   assert os.listdir(tmp_path) == ['results.json']  # no temporary left
+
+
+def test_orbax_records_stay_off_the_terminal_and_ours_do_not():
+  """A damaged checkpoint makes orbax log errors from its own threads; the
+  run handles the fault and says so itself, so the terminal shows only
+  that (the log file keeps orbax's lines)."""
+  import logging as std_logging  # noqa: PLC0415
+
+  from mhkd_jax import cli  # noqa: PLC0415
+
+  def record(path):
+    return std_logging.LogRecord('absl', std_logging.ERROR, path, 1, 'm',
+                                 None, None)
+
+  keep = cli._NotFromOrbax()  # pylint: disable=protected-access
+  site = os.path.join(os.sep, 'venv', 'site-packages')
+  assert not keep.filter(record(
+    os.path.join(site, 'orbax', 'checkpoint', 'checkpoint.py')))
+  assert keep.filter(record(os.path.join(REPO, 'mhkd_jax',
+                                         'checkpointing.py')))
+  assert keep.filter(record(os.path.join(site, 'jax', '_src', 'xla.py')))
