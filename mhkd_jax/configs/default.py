@@ -26,6 +26,19 @@ def get_config() -> ml_collections.ConfigDict:
   # Student architecture (RepDistiller name, see mhkd_jax.models).
   config.model = 'resnet8x4'
   config.seed = 0
+  # Students trained together against one frozen teacher, in one compiled
+  # program (mhkd_jax/students.py): student k is initialised from seed
+  # `seed + k`. students_share_data: True = one data order and augmentation
+  # (student 0's) for all, so the teacher runs once per batch; False = each
+  # student draws its own (student k then equals a one-student run with
+  # seed `seed + k`) and the teacher runs on every student's batch.
+  config.num_students = 1
+  config.students_share_data = True
+  # How the compiled step runs the students (mhkd_jax/step.py
+  # over_students): 'map' runs the one-student program once per student
+  # (exactly a one-student run's arithmetic; faster on CPU), 'vmap' batches
+  # them into each operation (more parallel work per kernel, for GPU/TPU).
+  config.students_loop = 'map'
 
   config.teacher = ml_collections.ConfigDict()
   # Expected teacher architecture ('' = whatever the checkpoint holds).
