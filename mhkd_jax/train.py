@@ -19,7 +19,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from mhkd_jax import checkpointing, distill, errors, parallel, preemption
+from mhkd_jax import checkpointing, distill, errors, fold, parallel
+from mhkd_jax import preemption
 from mhkd_jax import progress, students
 from mhkd_jax import validation
 from mhkd_jax import workdir as workdir_lib
@@ -63,10 +64,13 @@ def _load_teacher(config, method, info):
   before any data is read: a wrong path or architecture fails fast."""
   if not method.needs_teacher:
     return None
-  return checkpointing.load_teacher(
+  teacher = checkpointing.load_teacher(
     config.teacher.init, model_name=config.teacher.model or None,
     num_classes=info.num_classes, input_shape=(1, *info.image_shape),
   )
+  if config.teacher.fold_batchnorm:
+    fold.fold_batchnorm(teacher.model, (1, *info.image_shape))
+  return teacher
 
 
 def _restore_latest(checkpointer, state):
@@ -122,7 +126,7 @@ class Evaluator:
     self._eval_step = step_lib.create_eval_step(
       method=method, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
       compiler_options=compiler_options, num_students=self._num_students,
-      students_loop=config.students_loop if config else 'map',
+      students_loop=config.students_loop if config else 'unroll',
     )
     self._input = eval_input
     self._teacher_state = teacher_state

@@ -103,7 +103,7 @@ def _check_trainer(checker: Checker) -> None:
   c.choice('compute_dtype', precision.COMPUTE_DTYPES, 'compute dtype')
   c.number('seed', minimum=0, integer=True)
   c.number('num_students', minimum=1, integer=True)
-  c.choice('students_loop', ('map', 'vmap'), 'students loop')
+  c.choice('students_loop', ('unroll', 'vmap'), 'students loop')
   devices = _data_parallel_devices(c)
   for key in ('batch_size', 'eval_batch_size'):
     v = c.value(key)

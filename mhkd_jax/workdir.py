@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = frozenset({
   'num_epochs', 'log_every_steps', 'eval_every_epochs', 'eval_batch_size',
   'checkpoint.every_steps', 'checkpoint.max_to_keep', 'num_devices',
   'teacher.init', 'data.data_dir', 'students_loop',
+  'teacher.fold_batchnorm',
 })
 
 # Keys added after older runs recorded their config, with the value those
@@ -40,7 +41,8 @@ RESUMABLE_CHANGES = frozenset({
 ADDED_KEYS = {
   'num_students': 1,
   'students_share_data': True,
-  'students_loop': 'map',
+  'students_loop': 'unroll',
+  'teacher.fold_batchnorm': False,
 }
 
 

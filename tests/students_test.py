@@ -30,7 +30,7 @@ DATA = DataSpec(
 )
 
 
-def _config(method, num_students=1, share_data=True, seed=3, loop='map'):
+def _config(method, num_students=1, share_data=True, seed=3, loop='unroll'):
   config = test_config.get_config()
   config.students_loop = loop
   config.method = method

@@ -35,10 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_students = 1
   config.students_share_data = True
   # How the compiled step runs the students (mhkd_jax/step.py
-  # over_students): 'map' runs the one-student program once per student
-  # (exactly a one-student run's arithmetic; faster on CPU), 'vmap' batches
-  # them into each operation (more parallel work per kernel, for GPU/TPU).
-  config.students_loop = 'map'
+  # over_students): 'unroll' traces the one-student program once per
+  # student into the step (a one-student run's arithmetic; fast on CPU;
+  # compile time grows with N), 'vmap' batches them into each operation
+  # (grouped convolutions: for GPU/TPU).
+  config.students_loop = 'unroll'
 
   config.teacher = ml_collections.ConfigDict()
   # Expected teacher architecture ('' = whatever the checkpoint holds).
@@ -46,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Teacher checkpoint directory, or the workdir of the run that trained
   # or imported it (its export/ is used). Required by every method but ce.
   config.teacher.init = ''
+  # Fold each BatchNorm that follows a convolution into it once, when the
+  # frozen teacher is loaded (mhkd_jax/fold.py): same outputs, fewer
+  # passes per step. Off by default: not yet checked against every
+  # method's use of the teacher and the PyTorch step parity.
+  config.teacher.fold_batchnorm = False
 
   config.data = ml_collections.ConfigDict()
   # 'cifar100', 'cifar10', 'svhn_cropped', 'tiny_imagenet', 'imagenet2012'
