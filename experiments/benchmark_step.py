@@ -120,6 +120,21 @@ def _parse_args(argv):
     '--profile', default='',
     help='write a jax.profiler trace of 2 JAX steps to this directory',
   )
+  p.add_argument(
+    '--num-students', default='',
+    help='comma-separated N (e.g. 1,2,4,8): time the N-student step '
+    '(config.num_students) against the one-student step in one run and '
+    'print per_student_ratio = N-student step / N / one-student step',
+  )
+  p.add_argument(
+    '--students-data', default='shared',
+    help="with --num-students, comma-separated: 'shared' and/or "
+    "'independent' (config.students_share_data)",
+  )
+  p.add_argument(
+    '--students-loop', default='unroll', choices=('unroll', 'vmap'),
+    help='config.students_loop of the N-student step',
+  )
   p.add_argument('--out', default='', help='append results as JSON lines')
   return p.parse_args(argv)
 
@@ -185,12 +200,14 @@ class JaxBench:
   """
 
   def __init__(self, args, method_name, head, num_examples,
-               xla_defaults=False, dtype=None, fused_input=False):
+               xla_defaults=False, dtype=None, fused_input=False,
+               num_students=1, share_data=True):
     import jax
     import numpy as np
     from flax import nnx
 
     from mhkd_jax import distill, heads, parallel, step as step_lib
+    from mhkd_jax import students
     from mhkd_jax import train_state as train_state_lib
     from mhkd_jax.data import datasets, inputs
     from mhkd_jax.distill.base import DataSpec, Teacher
@@ -204,6 +221,10 @@ class JaxBench:
     config = _jax_config(args, method_name, head)
     # The training option config.compute_dtype, as a run would set it.
     self.dtype = config.compute_dtype = dtype or args.dtype
+    config.num_students = self.num_students = num_students
+    config.students_share_data = self.share_data = share_data
+    config.students_loop = args.students_loop
+    self._students = students
     method = distill.create_method(config)
     data = DataSpec(
       num_classes=args.num_classes, example_shape=(32, 32, 3),
@@ -222,7 +243,7 @@ class JaxBench:
       )
     teacher = Teacher(t_model, t_heads, name=args.teacher)
     mesh = parallel.create_mesh(1)
-    self.state, graphdef, tx = train_state_lib.create_train_state(
+    self.state, graphdef, tx = students.create_train_state(
       config, method, teacher=teacher, data=data, mesh=mesh
     )
     t_graphdef, self.t_state = train_state_lib.place_teacher(
@@ -236,6 +257,8 @@ class JaxBench:
       return step_lib.create_train_step(
         method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
         tx=tx, data=data, compiler_options=compiler_options,
+        num_students=num_students, share_data=share_data,
+        students_loop=args.students_loop,
       )
 
     train_step = create_step(self.compiler_options)
@@ -283,7 +306,13 @@ class JaxBench:
       )
 
   def _separate_args(self):
-    for batch in self.input.batches(0, self.jax.random.key(0)):
+    if self.num_students == 1:
+      batches = self.input.batches(0, self.jax.random.key(0))
+    else:
+      batches = self._students.train_batches(
+        self.input, self.state, 0, self.num_students, self.share_data
+      )
+    for batch in batches:
       yield self.state, batch, self.t_state
 
   def _fused_args(self):
@@ -300,7 +329,7 @@ class JaxBench:
     self.state, metrics = self.compiled(*next(self.args_iter))
     self.jax.block_until_ready((self.state, metrics))
     elapsed = time.perf_counter() - start
-    self.last_loss = float(metrics['loss'])
+    self.last_loss = float(self.jax.numpy.mean(metrics['loss']))
     return elapsed
 
   def peak_device_memory(self):
@@ -533,6 +562,51 @@ def run_case(args, method_name, head, use_torch, torch_threads):
   return results
 
 
+def run_students_case(args, method_name, head):
+  """The N-student steps against the one-student step, alternating in one
+  run; one line per N and data mode with ``students=N`` and
+  ``per_student_ratio=R``."""
+  case = f'{method_name}' + (
+    f'/{head}/{args.teacher_heads}' if method_name == 'mhkd' else ''
+  )
+  label = f'{case} {args.teacher}->{args.student} b{args.batch}'
+  num_examples = max(args.batch * 16, 1024)
+  counts = [int(n) for n in args.num_students.split(',') if n]
+  modes = [m for m in args.students_data.split(',') if m]
+  benches = {(1, 'shared'): JaxBench(args, method_name, head, num_examples)}
+  for n in counts:
+    for mode in modes:
+      if n > 1:
+        benches[(n, mode)] = JaxBench(
+          args, method_name, head, num_examples, num_students=n,
+          share_data=mode == 'shared',
+        )
+  times = _alternate(benches, args.warmup, args.steps, args.block,
+                     args.time_budget)
+  one = statistics.median(times[(1, 'shared')])
+  results = []
+  for (n, mode), bench in benches.items():
+    if n not in counts:
+      continue
+    for m in (modes if n == 1 else [mode]):
+      t = statistics.median(times[(n, mode)])
+      ratio = t / n / one
+      print(
+        f'{label} students={n} data={m} loop={args.students_loop} '
+        f'step={t * 1e3:.0f}ms per_student={t / n * 1e3:.0f}ms '
+        f'per_student_ratio={ratio:.3f} '
+        f'xla_buffers={_fmt_bytes(bench.xla_buffers)} '
+        f'compile={bench.compile_s:.1f}s', flush=True,
+      )
+      results.append({
+        'case': case, 'students': n, 'data': m,
+        'loop': args.students_loop, **_summary(times[(n, mode)]),
+        'one_student_median_s': one, 'per_student_ratio': ratio,
+        'xla_buffers_bytes': bench.xla_buffers,
+      })
+  return results
+
+
 def main(argv=None):
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   threads = _pin_threads(args.threads)
@@ -602,7 +676,10 @@ def main(argv=None):
   )
   all_results = []
   for method_name, head in cases:
-    all_results += run_case(args, method_name, head, use_torch, threads)
+    if args.num_students:
+      all_results += run_students_case(args, method_name, head)
+    else:
+      all_results += run_case(args, method_name, head, use_torch, threads)
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   print(f'# peak RSS of this process (both frameworks): {_fmt_bytes(rss)}')
   if args.out:

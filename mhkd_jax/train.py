@@ -19,9 +19,9 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from mhkd_jax import checkpointing, distill, errors, parallel, paths
+from mhkd_jax import checkpointing, distill, errors, fold, parallel, paths
 from mhkd_jax import preemption
-from mhkd_jax import progress
+from mhkd_jax import progress, students
 from mhkd_jax import validation
 from mhkd_jax import workdir as workdir_lib
 from mhkd_jax import step as step_lib
@@ -64,10 +64,13 @@ def _load_teacher(config, method, info):
   before any data is read: a wrong path or architecture fails fast."""
   if not method.needs_teacher:
     return None
-  return checkpointing.load_teacher(
+  teacher = checkpointing.load_teacher(
     config.teacher.init, model_name=config.teacher.model or None,
     num_classes=info.num_classes, input_shape=(1, *info.image_shape),
   )
+  if config.teacher.fold_batchnorm:
+    fold.fold_batchnorm(teacher.model, (1, *info.image_shape))
+  return teacher
 
 
 def _restore_latest(checkpointer, state):
@@ -117,10 +120,13 @@ class Evaluator:
   """
 
   def __init__(self, method, graphdef, teacher_graphdef, teacher_state,
-               eval_input, compiler_options):
+               eval_input, compiler_options, config=None):
+    # config: the run's, for its students (None: one student).
+    self._num_students = config.num_students if config else 1
     self._eval_step = step_lib.create_eval_step(
       method=method, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
-      compiler_options=compiler_options,
+      compiler_options=compiler_options, num_students=self._num_students,
+      students_loop=config.students_loop if config else 'unroll',
     )
     self._input = eval_input
     self._teacher_state = teacher_state
@@ -139,7 +145,12 @@ class Evaluator:
       out = self._eval_step(state, self._teacher_state, batch, teacher_logits)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    count = float(sums.pop('count'))
+    count = sums.pop('count')
+    if self._num_students > 1:
+      return students.summarise(
+        {f'eval/{k}': v / count for k, v in sorted(sums.items())}, 'eval'
+      )
+    count = float(count)
     return {f'eval/{k}': float(v) / count for k, v in sorted(sums.items())}
 
 
@@ -167,11 +178,23 @@ class TrainMetrics:
     del t
     pending = jax.device_get(self._pending)
     self._pending = []
-    self.last = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+    mean = {k: np.mean([m[k] for m in pending], axis=0) for k in pending[0]}
+    if np.ndim(mean['loss']):  # several students: a leading students axis
+      self.last = students.summarise(
+        {f'train/{k}': v for k, v in mean.items()}, 'train'
+      )
+      self.last = {k[len('train/'):] if k.startswith('train/') else k: v
+                   for k, v in self.last.items()}
+      if not all(np.isfinite(mean['loss'])):
+        _raise_non_finite(f'A student\'s training loss is {mean["loss"]}',
+                          step, self._checkpointer)
+    else:
+      self.last = {k: float(v) for k, v in mean.items()}
     if not np.isfinite(self.last['loss']):
       _raise_non_finite(f'The training loss is {self.last["loss"]}', step,
                         self._checkpointer)
-    scalars = {f'train/{k}': v for k, v in self.last.items()}
+    scalars = {k if '/train' in k or k.startswith('train_std/')
+               else f'train/{k}': v for k, v in self.last.items()}
     scalars['train/lr'] = float(self._learning_rate(step - 1))
     self._writer.write_scalars(step, scalars)
 
@@ -250,7 +273,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   fitted, preempted = _preliminary(method, teacher, data, mesh, workdir)
   if preempted:
     return preempted
-  state, graphdef, tx = train_state_lib.create_train_state(
+  state, graphdef, tx = students.create_train_state(
     config, method, teacher=teacher, data=data, mesh=mesh,
     preliminary=fitted,
   )
@@ -262,15 +285,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir, max_to_keep=config.checkpoint.max_to_keep
   )
   state = _restore_latest(checkpointer, state)
-  start_step = int(state.step)
+  start_step = students.start_step(state)
   workdir_lib.record_config(workdir, config, config_changes, start_step)
   options = step_lib.compiler_options(mesh)
   train_step = step_lib.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
     tx=tx, data=data, compiler_options=options,
+    num_students=config.num_students,
+    share_data=config.students_share_data,
+    students_loop=config.students_loop,
   )
   evaluator = Evaluator(method, graphdef, teacher_graphdef, teacher_state,
-                        eval_input, options)
+                        eval_input, options, config)
   reporter = Reporter(config, workdir, data, num_train_steps, start_step,
                       checkpointer)
   actions = _periodic_actions(config, data, num_train_steps, reporter,
@@ -278,9 +304,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info('%s: %d train examples, %d steps/epoch, steps %d..%d.',
                info.name, data.num_train_examples, data.steps_per_epoch,
                start_step, num_train_steps)
-  batches = train_input.batches(
-    start_step, train_state_lib.data_rng(jax.device_get(state.rng))
-  )
+  batches = students.train_batches(train_input, state, start_step,
+                                   config.num_students,
+                                   config.students_share_data)
   start_time = time.time()
   with preemption.PreemptionWatcher() as watcher:
     try:
@@ -303,9 +329,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # Whatever happens, finish the checkpoint writes already under way.
       checkpointer.close()
       reporter.close()
-  export = method.export(nnx.merge(graphdef, state.params, state.buffers),
-                         teacher)
-  _export(export, info, data, workdir)
+  _export_students(config, method, graphdef, state, teacher, info, data,
+                   workdir)
   return _write_results(config, teacher, info, num_train_steps,
                         reporter.history, reporter.train_metrics.last,
                         time.time() - start_time, workdir)
@@ -346,6 +371,26 @@ def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
 # What a run leaves behind.
 
 
+def _export_students(config, method, graphdef, state, teacher, info, data,
+                     workdir) -> None:
+  """Exports the run's network, or each student's into ``student<k>/``
+  (a teacher checkpoint that ``load_teacher(workdir/student<k>)`` reads).
+  """
+  if config.num_students == 1:
+    export = method.export(
+      nnx.merge(graphdef, state.params, state.buffers), teacher
+    )
+    _export(export, info, data, workdir)
+    return
+  for k in range(config.num_students):
+    one = students.unstack(state, k)
+    export = method.export(
+      nnx.merge(graphdef, one.params, one.buffers), teacher
+    )
+    _export(export, info, data,
+            paths.join(workdir, students.student_prefix(k)))
+
+
 def _export(export: base.Export | None, info, data, workdir) -> None:
   """Writes the run's network (with its heads) as a teacher checkpoint."""
   if export is None:
@@ -376,6 +421,10 @@ def _write_results(config, teacher, info, num_train_steps, history,
     'history': history,
     'train_seconds_this_session': seconds,
   }
+  if config.num_students > 1:
+    results.update(students.results(config, history))
+    best = results['mean_std']['best_eval_acc']
+    results['best_eval_acc'] = best[0] if best else None
   workdir_lib.write_results(workdir, results)
   return results
 

@@ -102,6 +102,8 @@ def _check_trainer(checker: Checker) -> None:
   c.number('data.prefetch_batches', minimum=1, integer=True)
   c.choice('compute_dtype', precision.COMPUTE_DTYPES, 'compute dtype')
   c.number('seed', minimum=0, integer=True)
+  c.number('num_students', minimum=1, integer=True)
+  c.choice('students_loop', ('unroll', 'vmap'), 'students loop')
   devices = _data_parallel_devices(c)
   for key in ('batch_size', 'eval_batch_size'):
     v = c.value(key)
@@ -143,6 +145,11 @@ def validate(config) -> None:
       f'method {config.method!r} distils from a teacher.',
     )
     method.validate_config(checker)
+    checker.require(
+      config.num_students == 1 or method.preliminary() is None,
+      'num_students', f'must be 1 for method {config.method!r}: several '
+      'students after a preliminary phase are not supported yet.',
+    )
   _check_trainer(checker)
   problems = checker.problems
   if len(problems) == 1:

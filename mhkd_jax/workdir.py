@@ -30,8 +30,19 @@ RESULTS = 'results.json'
 RESUMABLE_CHANGES = frozenset({
   'num_epochs', 'log_every_steps', 'eval_every_epochs', 'eval_batch_size',
   'checkpoint.every_steps', 'checkpoint.max_to_keep', 'num_devices',
-  'teacher.init', 'data.data_dir',
+  'teacher.init', 'data.data_dir', 'students_loop',
+  'teacher.fold_batchnorm',
 })
+
+# Keys added after older runs recorded their config, with the value those
+# runs had: a run recorded without them resumes, one with another value is
+# refused (a different number of students is a different state).
+ADDED_KEYS = {
+  'num_students': 1,
+  'students_share_data': True,
+  'students_loop': 'unroll',
+  'teacher.fold_batchnorm': False,
+}
 
 
 def _is_writer() -> bool:
@@ -87,6 +98,7 @@ def config_changes(before: dict, now: dict) -> dict[str, list]:
   before = _flat({k: v for k, v in before.items()
                   if k in now or not isinstance(v, dict)})
   now = _flat(now)
+  before = {**{k: v for k, v in ADDED_KEYS.items() if k in now}, **before}
   return {
     key: [before.get(key), now.get(key)]
     for key in sorted(set(before) | set(now))

@@ -26,6 +26,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Student architecture (RepDistiller name, see mhkd_jax.models).
   config.model = 'resnet8x4'
   config.seed = 0
+  # Students trained together against one frozen teacher, in one compiled
+  # program (mhkd_jax/students.py): student k is initialised from seed
+  # `seed + k`. students_share_data: True = one data order and augmentation
+  # (student 0's) for all, so the teacher runs once per batch; False = each
+  # student draws its own (student k then equals a one-student run with
+  # seed `seed + k`) and the teacher runs on every student's batch.
+  config.num_students = 1
+  config.students_share_data = True
+  # How the compiled step runs the students (mhkd_jax/step.py
+  # over_students): 'unroll' traces the one-student program once per
+  # student into the step (a one-student run's arithmetic; fast on CPU;
+  # compile time grows with N), 'vmap' batches them into each operation
+  # (grouped convolutions: for GPU/TPU).
+  config.students_loop = 'unroll'
 
   config.teacher = ml_collections.ConfigDict()
   # Expected teacher architecture ('' = whatever the checkpoint holds).
@@ -33,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Teacher checkpoint directory, or the workdir of the run that trained
   # or imported it (its export/ is used). Required by every method but ce.
   config.teacher.init = ''
+  # Fold each BatchNorm that follows a convolution into it once, when the
+  # frozen teacher is loaded (mhkd_jax/fold.py): same outputs, fewer
+  # passes per step. Off by default: not yet checked against every
+  # method's use of the teacher and the PyTorch step parity.
+  config.teacher.fold_batchnorm = False
 
   config.data = ml_collections.ConfigDict()
   # 'cifar100', 'cifar10', 'svhn_cropped', 'tiny_imagenet', 'imagenet2012'

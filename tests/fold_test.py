@@ -1,0 +1,56 @@
+"""Folding the frozen teacher's BatchNorms keeps every output it gives."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mhkd_jax import features, fold
+from mhkd_jax.models import MODEL_NAMES, create_model
+
+
+def _input_shape(name):
+  # ImageNet ResNets at 64x64: the same layers, a cheaper test.
+  return (2, 64, 64, 3) if 'imagenet' in name else (2, 32, 32, 3)
+
+
+def _batch_norms(model):
+  return [n for _, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
+
+
+def _model_with_running_stats(name):
+  """The model with BatchNorm statistics and affine parameters far from
+  their initial values, so that a folding that ignored one would show."""
+  model = create_model(name, num_classes=10, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  for bn in _batch_norms(model):
+    c = bn.mean.shape
+    bn.mean[...] = rng.normal(0, 0.1, c).astype(np.float32)
+    bn.var[...] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    bn.scale[...] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    bn.bias[...] = rng.normal(0, 0.1, c).astype(np.float32)
+  return model
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_folded_logits_and_features_equal_unfolded(name):
+  model = _model_with_running_stats(name)
+  shape = _input_shape(name)
+  x = jax.random.normal(jax.random.key(2), shape)
+  logits, feats = features.forward_with_features(model, x, train=False)
+  num_bn = len(_batch_norms(model))
+  folded = fold.fold_batchnorm(model, (1, *shape[1:]))
+  # BatchNorms after a convolution go (in pre-activation WRNs about half
+  # of them); the rest stay.
+  assert 0 < folded <= num_bn
+  assert len(_batch_norms(model)) == num_bn - folded
+  f_logits, f_feats = features.forward_with_features(model, x, train=False)
+  scale = np.max(np.abs(logits))
+  np.testing.assert_allclose(f_logits, logits, rtol=1e-5, atol=1e-5 * scale)
+  # Every sown feature, stage outputs and pre-activations (preact1..N)
+  # alike, keeps its value.
+  assert sorted(f_feats) == sorted(feats)
+  for key in feats:
+    scale = np.max(np.abs(feats[key]))
+    np.testing.assert_allclose(f_feats[key], feats[key], rtol=1e-5,
+                               atol=1e-5 * scale, err_msg=key)

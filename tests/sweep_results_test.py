@@ -1,0 +1,124 @@
+"""The sweep launcher's expansion and scripts; the results table."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from mhkd_jax import errors, results, sweep, workdir as workdir_lib
+from mhkd_jax.configs import test as test_config
+
+
+def test_grid_expands_zipped_pairs_times_methods_times_seeds():
+  runs = sweep.expand(
+    'model+teacher.model=resnet8x4+resnet32x4,wrn_16_2+wrn_40_2;'
+    'method=kd,crd;seed=0,1,2'
+  )
+  assert len(runs) == 2 * 2 * 3
+  rel, overrides = runs[-1]
+  assert rel == os.path.join('model=wrn_16_2', 'method=crd', 'seed=2')
+  assert overrides == {'model': 'wrn_16_2', 'teacher.model': 'wrn_40_2',
+                       'method': 'crd', 'seed': '2'}
+  assert len({r for r, _ in runs}) == len(runs)
+
+
+def test_overrides_take_the_config_types_and_bad_grids_are_refused():
+  config = test_config.get_config()
+  run = sweep.apply(config, {'seed': '3', 'learning_rate': '0.1',
+                             'students_share_data': 'false'})
+  assert run.seed == 3 and run.learning_rate == 0.1
+  assert run.students_share_data is False and config.seed == 0
+  with pytest.raises(errors.ConfigError, match='no key'):
+    sweep.apply(config, {'no_such_key': '1'})
+  with pytest.raises(errors.ConfigError, match='2 keys'):
+    sweep.parse_grid('model+teacher.model=resnet8')
+
+
+def test_scripts_mode_writes_one_launch_script_per_run(tmp_path):
+  config = test_config.get_config()
+  sweep.run_sweep(config, str(tmp_path), 'method=ce,kd;seed=0,1', 'scripts',
+                  ['--config=configs/test.py', '--config.num_students=2'])
+  scripts = sorted(os.listdir(tmp_path / 'launch'))
+  assert len(scripts) == 4
+  text = (tmp_path / 'launch' / 'method=kd__seed=1.sh').read_text()
+  assert 'python -m mhkd_jax.main' in text
+  for arg in ('--config=configs/test.py', '--config.num_students=2',
+              '--config.method=kd', '--config.seed=1',
+              f'--workdir={tmp_path}/method=kd/seed=1'):
+    assert arg in text
+  manifest = workdir_lib.read_json(str(tmp_path / 'sweep.json'))
+  assert [e['workdir'] for e in manifest['runs']][0] == os.path.join(
+    'method=ce', 'seed=0')
+  assert not os.path.exists(tmp_path / 'method=ce')  # nothing ran
+
+
+def _fake_run(root, rel, *, method, seeds_accs, num_students=1,
+              finished=True):
+  """A workdir as a run leaves it: config.json, and results.json with
+  the given per-student (last, best) accuracies when finished."""
+  workdir = os.path.join(root, rel)
+  os.makedirs(workdir)
+  config = {'method': method, 'model': 'resnet8x4', 'seed': 0,
+            'num_students': num_students,
+            'teacher': {'model': 'resnet32x4'}, 'data': {'name': 'cifar100'}}
+  workdir_lib.write_json(os.path.join(workdir, 'config.json'), config)
+  if not finished:
+    return
+  history = [{'step': e, 'epoch': e, 'eval/acc': 0.5 + 0.01 * e}
+             for e in (1, 2)]
+  res = {'method': method, 'model': 'resnet8x4', 'teacher': 'resnet32x4',
+         'data': 'cifar100', 'seed': 0, 'history': history}
+  if num_students == 1:
+    (seed, (last, best)), = seeds_accs.items()
+    res.update(seed=seed, final={'eval/acc': last}, best_eval_acc=best)
+  else:
+    res['students'] = [
+      {'seed': s, 'final': {'eval/acc': last}, 'best_eval_acc': best}
+      for s, (last, best) in seeds_accs.items()
+    ]
+    for k in range(num_students):
+      for h in history:
+        h[f'student{k}/eval/acc'] = h['eval/acc'] + 0.01 * k
+  workdir_lib.write_json(os.path.join(workdir, 'results.json'), res)
+
+
+def test_table_has_mean_std_of_every_student_and_seed_and_marks_missing(
+  tmp_path
+):
+  root = str(tmp_path)
+  _fake_run(root, 'kd/seed=0', method='kd', seeds_accs={0: (0.70, 0.72)})
+  _fake_run(root, 'kd/seed=1', method='kd', num_students=2,
+            seeds_accs={1: (0.74, 0.75), 2: (0.78, 0.80)})
+  _fake_run(root, 'crd/seed=0', method='crd', seeds_accs={}, finished=False)
+  workdir_lib.write_json(os.path.join(root, 'sweep.json'), {'runs': [
+    {'workdir': 'kd/seed=0', 'overrides': {}, 'config': {}},
+    {'workdir': 'ce/seed=0', 'overrides': {'method': 'ce'}, 'config': {
+      'method': 'ce', 'model': 'resnet8x4', 'seed': 0, 'num_students': 1,
+      'teacher': {'model': 'resnet32x4'}, 'data': {'name': 'cifar100'}}},
+  ]})
+  text = results.write_report(root)
+  lines = text.splitlines()
+  header = next(line for line in lines if line.startswith('| method'))
+  assert header == '| method | resnet32x4-resnet8x4 |'
+  kd = next(line for line in lines if line.startswith('| kd |'))
+  last = f'{100 * np.mean([.70, .74, .78]):.2f} ± ' \
+         f'{100 * np.std([.70, .74, .78]):.2f}'
+  best = f'{100 * np.mean([.72, .75, .80]):.2f} ± ' \
+         f'{100 * np.std([.72, .75, .80]):.2f}'
+  assert f'last {last} · best {best} (n=3)' in kd
+  assert '[published 73.33]' in kd  # RepDistiller's KD, resnet32x4->8x4
+  crd = next(line for line in lines if line.startswith('| crd |'))
+  assert '(n=0, 1 not finished)' in crd and '[published 75.51]' in crd
+  ce = next(line for line in lines if line.startswith('| ce |'))
+  assert '(n=0, 1 not finished)' in ce
+  assert '- crd/seed=0 (seed 0): unfinished' in text
+  assert '- ce/seed=0 (seed 0): missing' in text
+  with open(tmp_path / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 5
+  assert sorted(r['status'] for r in rows) == [
+    'finished', 'finished', 'finished', 'missing', 'unfinished']
+  assert os.path.getsize(
+    tmp_path / 'curves_cifar100_resnet32x4-resnet8x4.png') > 1000
+  assert (tmp_path / 'results.md').read_text().strip() == text.strip()
