@@ -317,14 +317,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         for action in actions:
           action(step + 1, state=state)
         if watcher.should_stop(step + 1):
-          _save_checkpoint(checkpointer, step + 1, state)
-          # Every process says so (a warning reaches the terminal): which
-          # step a job's processes agreed on is in each one's output.
-          logging.warning(
-            'Preempted: process %d saves step %d and stops; re-run the '
-            'same command to resume.', jax.process_index(), step + 1,
-          )
-          return {'preempted': True, 'step': step + 1}
+          return _stop_for_preemption(checkpointer, step + 1, state)
     finally:
       # Whatever happens, finish the checkpoint writes already under way.
       checkpointer.close()
@@ -334,6 +327,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return _write_results(config, teacher, info, num_train_steps,
                         reporter.history, reporter.train_metrics.last,
                         time.time() - start_time, workdir)
+
+
+def _stop_for_preemption(checkpointer, step: int, state) -> dict:
+  _save_checkpoint(checkpointer, step, state)
+  # Every process says so (a warning reaches the terminal): which step a
+  # job's processes agreed on is in each one's output.
+  logging.warning(
+    'Preempted: process %d saves step %d and stops; re-run the same '
+    'command to resume.', jax.process_index(), step,
+  )
+  return {'preempted': True, 'step': step}
 
 
 def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
