@@ -40,12 +40,13 @@ def _preact_shapes(model, data, role: str, model_name: str) -> list:
 
 
 @base.register
-class ActivationBoundaries(common.WeightedDistillation):
+class ActivationBoundaries(common.InitPhaseThenCE):
   """CE from an AB-initialised student."""
 
   name = 'ab'
   BETA = 1.0
   TERM = 'ab/after_init'
+  INIT_METHOD = 'ab_init'
 
   @classmethod
   def extra_config(cls):
@@ -60,19 +61,6 @@ class ActivationBoundaries(common.WeightedDistillation):
     # Fail before any phase compiles if the pair cannot be connected.
     create_connector(student, self.config.model, teacher, data, rngs)
     return {}
-
-  def preliminary(self):
-    return 'preliminary', common.preliminary_config(
-      self.config, 'ab_init', self.config.learning_rate
-    )
-
-  def load_preliminary(self, trainable, preliminary):
-    nnx.update(trainable.student, nnx.state(preliminary.student))
-
-  def distill(self, trainable, s_feats, teacher_out, batch, context):
-    # After the init phase RepDistiller trains with loss_kd = 0.
-    del trainable, s_feats, teacher_out, batch, context
-    return 0.0
 
 
 def create_connector(student, student_name, teacher, data, rngs):

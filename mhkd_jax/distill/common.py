@@ -97,6 +97,27 @@ class WeightedDistillation(base.Method):
     return total, terms, logits
 
 
+class InitPhaseThenCE(WeightedDistillation):
+  """RepDistiller's init-phase methods whose main phase adds no term (FSP,
+  AB): the preliminary method ``INIT_METHOD`` trains the student's feature
+  layers first; the student then starts from them and trains with CE."""
+
+  INIT_METHOD: ClassVar[str] = ''
+
+  def preliminary(self):
+    return 'preliminary', preliminary_config(
+      self.config, self.INIT_METHOD, self.config.learning_rate
+    )
+
+  def load_preliminary(self, trainable, preliminary):
+    nnx.update(trainable.student, nnx.state(preliminary.student))
+
+  def distill(self, trainable, s_feats, teacher_out, batch, context):
+    # After the init phase RepDistiller trains with loss_kd = 0.
+    del trainable, s_feats, teacher_out, batch, context
+    return 0.0
+
+
 # The attribute that holds each model family's final classifier.
 CLASSIFIERS = ('fc', 'classifier', 'linear')
 

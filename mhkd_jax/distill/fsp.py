@@ -20,12 +20,13 @@ def _fsp_maps(feats):
 
 
 @base.register
-class FlowOfSolutionProcedure(common.WeightedDistillation):
+class FlowOfSolutionProcedure(common.InitPhaseThenCE):
   """CE from an FSP-initialised student."""
 
   name = 'fsp'
   BETA = 50.0
   TERM = 'fsp/after_init'
+  INIT_METHOD = 'fsp_init'
 
   @classmethod
   def extra_config(cls):
@@ -48,18 +49,6 @@ class FlowOfSolutionProcedure(common.WeightedDistillation):
       )
     return {}
 
-  def preliminary(self):
-    return 'preliminary', common.preliminary_config(
-      self.config, 'fsp_init', self.config.learning_rate
-    )
-
-  def load_preliminary(self, trainable, preliminary):
-    nnx.update(trainable.student, nnx.state(preliminary.student))
-
-  def distill(self, trainable, s_feats, teacher_out, batch, context):
-    # After the init phase RepDistiller trains with loss_kd = 0.
-    del trainable, s_feats, teacher_out, batch, context
-    return 0.0
 
 
 @base.register
