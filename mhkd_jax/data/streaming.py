@@ -364,6 +364,25 @@ def iterate(
   return iter(ds)
 
 
+def _loader_options(data) -> dict:
+  """``iterate``'s settings from ``config.data``."""
+  return dict(num_workers=data.num_workers, num_threads=data.num_threads,
+              prefetch=data.prefetch_batches)
+
+
+def _iterate_and_close(dataset: grain.MapDataset, options: dict):
+  """Yields ``dataset``'s batches; when the consumer stops (or the
+  generator is closed) the iterator is closed, ending its worker
+  processes."""
+  iterator = iterate(dataset, **options)
+  try:
+    yield from iterator
+  finally:
+    close = getattr(iterator, 'close', None)
+    if close is not None:
+      close()
+
+
 # --------------------------------------------------------------------------
 # Opening a prepared source.
 
@@ -468,9 +487,7 @@ class StreamingInput:
     # Reading every label would mean reading every record: not offered.
     self.labels_by_index = None
     self._transform = example_transform(data, info)
-    self._options = dict(num_workers=data.num_workers,
-                         num_threads=data.num_threads,
-                         prefetch=data.prefetch_batches)
+    self._options = _loader_options(data)
     self._rows = parallel.process_rows(
       parallel.data_sharded(mesh), self.batch_size
     )
@@ -483,13 +500,7 @@ class StreamingInput:
       rows=self._rows, seeds=order_seed(rng), start_step=start_step,
       num_examples=self.num_examples,
     )
-    iterator = iterate(dataset, **self._options)
-    try:
-      yield from iterator
-    finally:
-      close = getattr(iterator, 'close', None)
-      if close is not None:
-        close()
+    yield from _iterate_and_close(dataset, self._options)
 
   def batches(self, start_step, rng):
     logging.info('Streaming %d train examples, %s workers from step %d.',
@@ -516,19 +527,11 @@ class StreamingEvalInput:
       rows=parallel.process_rows(parallel.data_sharded(mesh), batch_size),
       num_examples=self.num_examples,
     )
-    self._options = dict(num_workers=data.num_workers,
-                         num_threads=data.num_threads,
-                         prefetch=data.prefetch_batches)
+    self._options = _loader_options(data)
     self._device = _Device(info, batch_size, mesh)
 
   def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    iterator = iterate(self._dataset, **self._options)
-    try:
-      yield from iterator
-    finally:
-      close = getattr(iterator, 'close', None)
-      if close is not None:
-        close()
+    yield from _iterate_and_close(self._dataset, self._options)
 
   def batches(self):
     for local in self.local_batches():
