@@ -182,3 +182,18 @@ def test_results_table_of_a_sweep_root_on_a_bucket(bucket):
   assert len((local / 'results.csv').read_text().splitlines()) == 4
   png = local / 'curves_cifar100_resnet32x4-resnet8x4.png'
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sweep_scripts_for_a_bucket_root(bucket):
+  """A pod's sweep: the manifest and launch scripts are written under the
+  gs:// root and name gs:// workdirs."""
+  from mhkd_jax import sweep  # noqa: PLC0415
+
+  sweep.run_sweep(test_config.get_config(), 'gs://bucket/sw', 'seed=0,1',
+                  'scripts', ['--config=configs/test.py'])
+  local = bucket / 'bucket' / 'sw'
+  assert sorted(os.listdir(local / 'launch')) == ['seed=0.sh', 'seed=1.sh']
+  script = (local / 'launch' / 'seed=1.sh').read_text()
+  assert '--workdir=gs://bucket/sw/seed=1' in script
+  manifest = json.loads((local / 'sweep.json').read_text())
+  assert [e['workdir'] for e in manifest['runs']] == ['seed=0', 'seed=1']
