@@ -30,8 +30,13 @@ $(TORCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mhkd_jax.demo --workdir=$(DEMO_WORKDIR)
 
+# Two pytest workers, a whole test file each (2 cores here; each worker's
+# XLA uses every core it is given, so more workers than cores only adds
+# memory). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: $(TORCH_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(TORCH_STAMP)
 	$(PY) -m experiments.benchmark_step

@@ -117,6 +117,12 @@ def _parse_args(argv):
     '(speed-up of mixed precision over --dtype on this device)',
   )
   p.add_argument(
+    '--also-other-teacher-fold', action='store_true',
+    help='also time the JAX step with config.teacher.fold_batchnorm '
+    "flipped (the teacher's BatchNorms folded into its convolutions, or "
+    'not): the speed-up of folding in one run',
+  )
+  p.add_argument(
     '--profile', default='',
     help='write a jax.profiler trace of 2 JAX steps to this directory',
   )
@@ -201,12 +207,12 @@ class JaxBench:
 
   def __init__(self, args, method_name, head, num_examples,
                xla_defaults=False, dtype=None, fused_input=False,
-               num_students=1, share_data=True):
+               num_students=1, share_data=True, fold_teacher=None):
     import jax
     import numpy as np
     from flax import nnx
 
-    from mhkd_jax import distill, heads, parallel, step as step_lib
+    from mhkd_jax import distill, fold, heads, parallel, step as step_lib
     from mhkd_jax import students
     from mhkd_jax import train_state as train_state_lib
     from mhkd_jax.data import datasets, inputs
@@ -224,6 +230,9 @@ class JaxBench:
     config.num_students = self.num_students = num_students
     config.students_share_data = self.share_data = share_data
     config.students_loop = args.students_loop
+    if fold_teacher is not None:
+      config.teacher.fold_batchnorm = fold_teacher
+    self.fold_teacher = config.teacher.fold_batchnorm
     self._students = students
     method = distill.create_method(config)
     data = DataSpec(
@@ -246,6 +255,8 @@ class JaxBench:
     self.state, graphdef, tx = students.create_train_state(
       config, method, teacher=teacher, data=data, mesh=mesh
     )
+    if self.fold_teacher:  # what train.py's steps run
+      teacher = fold.folded_teacher(teacher, data.input_shape)
     t_graphdef, self.t_state = train_state_lib.place_teacher(
       teacher, config, mesh
     )
@@ -478,6 +489,12 @@ def run_case(args, method_name, head, use_torch, torch_threads):
       args, method_name, head, num_examples,
       xla_defaults=args.xla_default_cpu_libraries, dtype='bfloat16',
     )
+  if args.also_other_teacher_fold:
+    other = not jb.fold_teacher
+    benches[f'jax-teacher-{"" if other else "un"}folded'] = JaxBench(
+      args, method_name, head, num_examples,
+      xla_defaults=args.xla_default_cpu_libraries, fold_teacher=other,
+    )
   if use_torch:
     tb = TorchBench(args, method_name, head)
     tb.count_flops()
@@ -513,6 +530,7 @@ def run_case(args, method_name, head, use_torch, torch_threads):
         peak_device_memory_bytes=bench.peak_device_memory(),
         xla_flags=os.environ.get('XLA_FLAGS', ''),
         compiler_options=bench.compiler_options,
+        teacher_folded=bench.fold_teacher,
       )
     results.append(r)
   for r in results:
@@ -554,6 +572,14 @@ def run_case(args, method_name, head, use_torch, torch_threads):
       'median_s']
     print(f'{label:44s} speed-up of fusing input and step = {speedup:.2f}x',
           flush=True)
+  for other, folded, unfolded in (
+    ('jax-teacher-folded', 'jax-teacher-folded', 'jax'),
+    ('jax-teacher-unfolded', 'jax', 'jax-teacher-unfolded'),
+  ):
+    if other in by_name:
+      speedup = by_name[unfolded]['median_s'] / by_name[folded]['median_s']
+      print(f'{label:44s} speed-up of folding the teacher BatchNorms = '
+            f'{speedup:.2f}x', flush=True)
   if 'jax-bfloat16' in by_name:
     speedup = by_name['jax']['median_s'] / by_name['jax-bfloat16'][
       'median_s']

@@ -96,6 +96,17 @@ def _replace(model: nnx.Module, targets: set[int]) -> int:
   return replaced
 
 
+def folded_teacher(teacher, input_shape: tuple[int, ...]):
+  """A copy of the teacher role (``distill.base.Teacher``) whose backbone
+  is folded, for the compiled steps. The loaded teacher keeps its
+  BatchNorms: methods read its modules at setup, and fit_teacher_heads
+  exports it as a checkpoint that must load into the unfolded
+  architecture. Its heads are not folded (they are small)."""
+  copy = nnx.clone(teacher)
+  fold_batchnorm(copy.model, input_shape)
+  return copy
+
+
 def fold_batchnorm(model: nnx.Module, input_shape: tuple[int, ...]) -> int:
   """Folds ``model``'s conv -> BatchNorm pairs in place, for eval mode
   only (the folded model cannot train). Returns how many were folded.

@@ -42,6 +42,27 @@ def makedirs(path: str) -> None:
   epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def walk(root: str) -> list[tuple[str, set[str]]]:
+  """``(directory relative to root, its file names)`` for ``root`` ('.')
+  and every directory under it, sorted by the relative path. Built from
+  listings, so the paths stay URIs on a bucket."""
+  found, pending = [], [('.', epath.Path(root))]
+  while pending:
+    rel, directory = pending.pop()
+    files = set()
+    for child in directory.iterdir():
+      if child.is_dir():
+        pending.append((os.path.normpath(os.path.join(rel, child.name)), child))
+      else:
+        files.add(child.name)
+    found.append((rel, files))
+  return sorted(found, key=lambda entry: entry[0])
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  epath.Path(path).write_bytes(data)
+
+
 def read_text(path: str) -> str:
   return epath.Path(path).read_text()
 

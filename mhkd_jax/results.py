@@ -24,11 +24,13 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import os
 import sys
 
 import numpy as np
 
+from mhkd_jax import paths
 from mhkd_jax import workdir as workdir_lib
 
 RESULTS_MD = 'results.md'
@@ -92,23 +94,23 @@ def collect(root: str) -> list[Run]:
   """Every student of every run under ``root``, finished or not, and the
   sweep's planned runs that have no directory yet (status 'missing')."""
   runs, seen = [], set()
-  for dirpath, _, filenames in sorted(os.walk(root)):
+  for rel, filenames in paths.walk(root):
     if workdir_lib.CONFIG not in filenames:
       continue
-    rel = os.path.relpath(dirpath, root)
     if os.path.basename(rel) == 'preliminary':
       continue
     seen.add(rel)
-    config = workdir_lib.read_json(os.path.join(dirpath, workdir_lib.CONFIG))
+    dirpath = paths.join(root, rel)
+    config = workdir_lib.read_json(paths.join(dirpath, workdir_lib.CONFIG))
     if workdir_lib.RESULTS in filenames:
       results = workdir_lib.read_json(
-        os.path.join(dirpath, workdir_lib.RESULTS))
+        paths.join(dirpath, workdir_lib.RESULTS))
       if not results.get('preempted'):
         runs += _finished(rel, config, results)
         continue
     runs += _unfinished(rel, config, 'unfinished')
-  manifest = os.path.join(root, 'sweep.json')
-  if os.path.exists(manifest):
+  manifest = paths.join(root, 'sweep.json')
+  if paths.exists(manifest):
     for entry in workdir_lib.read_json(manifest)['runs']:
       if entry['workdir'] not in seen:
         runs += _unfinished(entry['workdir'], entry['config'], 'missing')
@@ -176,13 +178,15 @@ def table(runs: list[Run]) -> str:
 
 
 def write_csv(runs: list[Run], path: str) -> None:
-  with open(path, 'w', newline='') as f:
-    w = csv.writer(f)
+  def write(f):
+    w = csv.writer(f, lineterminator='\n')
     w.writerow(['workdir', 'data', 'pair', 'method', 'seed', 'status',
                 'last_acc', 'best_acc'])
     for r in runs:
       w.writerow([r.workdir, r.data, r.pair, r.method, r.seed, r.status,
                   r.last_acc, r.best_acc])
+
+  paths.write_atomic(path, write)
 
 
 def plot_curves(runs: list[Run], root: str) -> list[str]:
@@ -192,7 +196,7 @@ def plot_curves(runs: list[Run], root: str) -> list[str]:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
-  paths = []
+  written = []
   cells = collections.defaultdict(list)
   for r in runs:
     if r.curve:
@@ -208,20 +212,22 @@ def plot_curves(runs: list[Run], root: str) -> list[str]:
       ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
     ax.set(xlabel='epoch', ylabel='eval top-1 (%)', title=f'{data} {pair}')
     ax.legend()
-    path = os.path.join(root, f'curves_{data}_{pair}.png')
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    path = paths.join(root, f'curves_{data}_{pair}.png')
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=100, bbox_inches='tight')
     plt.close(fig)
-    paths.append(path)
-  return paths
+    paths.write_bytes(path, png.getvalue())
+    written.append(path)
+  return written
 
 
 def write_report(root: str) -> str:
   """Writes results.md, results.csv and the curves; returns the table."""
   runs = collect(root)
   text = table(runs)
-  with open(os.path.join(root, RESULTS_MD), 'w') as f:
-    f.write(text + '\n')
-  write_csv(runs, os.path.join(root, RESULTS_CSV))
+  paths.write_atomic(paths.join(root, RESULTS_MD),
+                     lambda f: f.write(text + '\n'))
+  write_csv(runs, paths.join(root, RESULTS_CSV))
   plot_curves(runs, root)
   return text
 

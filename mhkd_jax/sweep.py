@@ -29,7 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mhkd_jax import errors
+from mhkd_jax import errors, paths
 from mhkd_jax import workdir as workdir_lib
 
 MANIFEST = 'sweep.json'
@@ -151,24 +151,26 @@ def run_sweep(config, root: str, grid: str, mode: str,
               argv: list[str] | None = None) -> list[dict]:
   """Runs (or writes the scripts of) every run of the grid; returns the
   manifest's entries."""
+  root = paths.absolute(root)  # launch scripts name absolute workdirs
   runs = expand(grid)
   configs = [apply(config, o) for _, o in runs]  # every value checked first
-  os.makedirs(root, exist_ok=True)
+  paths.makedirs(root)
   entries = [{'workdir': rel, 'overrides': o, 'config': _summary(c)}
              for (rel, o), c in zip(runs, configs)]
-  workdir_lib.write_json(os.path.join(root, MANIFEST),
+  workdir_lib.write_json(paths.join(root, MANIFEST),
                          {'grid': grid, 'runs': entries})
   config_arg, extra = _config_flags(argv or [])
   for (rel, overrides), run_config in zip(runs, configs):
-    workdir = os.path.join(root, rel)
+    workdir = paths.join(root, rel)
     if mode == 'scripts':
-      path = os.path.join(root, LAUNCH_DIR, rel.replace(os.sep, '__') + '.sh')
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path, 'w') as f:
-        f.write(launch_script(config_arg, workdir, overrides, extra))
-      os.chmod(path, 0o755)
+      path = paths.join(root, LAUNCH_DIR, rel.replace(os.sep, '__') + '.sh')
+      script = launch_script(config_arg, workdir, overrides, extra)
+      paths.makedirs(paths.join(root, LAUNCH_DIR))
+      paths.write_atomic(path, lambda f, script=script: f.write(script))
+      if not paths.is_remote(path):
+        os.chmod(path, 0o755)
       continue
-    if os.path.exists(os.path.join(workdir, workdir_lib.RESULTS)):
+    if paths.exists(paths.join(workdir, workdir_lib.RESULTS)):
       logging.info('%s: finished, skipped.', rel)
       continue
     from mhkd_jax import train  # noqa: PLC0415  (imports jax)

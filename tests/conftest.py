@@ -11,10 +11,28 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
 import jax  # noqa: E402
 
-# Short compiles: the tests check values, not speed.
+# Short compiles: the tests check values, not speed. The variable carries
+# it to the runs tests start as processes (python -m mhkd_jax.main).
+os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
 jax.config.update('jax_disable_most_optimizations', True)
 
 import pytest  # noqa: E402
+
+# `make test` runs the files on two pytest-xdist workers, a whole file per
+# worker (its module fixtures computed once). Handing out the longest
+# files first keeps one worker from starting a ten-minute file last.
+_LONGEST_FIRST = (
+  'multihost_test.py', 'students_test.py', 'methods_test.py',
+  'train_test.py', 'fold_test.py', 'errors_test.py', 'step_parity_test.py',
+  'determinism_test.py', 'demo_test.py', 'config_fuzz_test.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  # A stable sort: each file's tests keep their order.
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 # Classes of the mock CIFAR-100 that `mock_cifar100` serves.
 MOCK_CIFAR100_CLASSES = 100

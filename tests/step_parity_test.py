@@ -5,7 +5,8 @@ Same tiny networks (resnet14 teacher -> resnet8 student, 10 classes,
 path mapping, for the backbones AND the heads), same batches (augmentation
 off: crop padding 0, no flip; torch is fed the JAX-normalised batch). Three
 SGD steps (momentum 0.9, coupled weight decay 5e-4) of KD, MHKD with frozen
-teacher heads, and MHKD with online teacher heads must agree: every loss
+teacher heads, and MHKD with online teacher heads (and KD and online MHKD
+with the JAX teacher's BatchNorms folded) must agree: every loss
 term within 1e-4, every trained parameter within 1e-4 relative.
 
 BatchNorm running variance: PyTorch updates it with the UNBIASED batch
@@ -37,7 +38,8 @@ if str(_ROOT) not in sys.path:  # `experiments` is not an installed package.
 from experiments.pytorch_baseline import heads as torch_heads  # noqa: E402
 from experiments.pytorch_baseline import models as torch_models  # noqa: E402
 from experiments.pytorch_baseline import train_step as torch_step  # noqa: E402
-from mhkd_jax import distill, heads, parallel, step as step_lib  # noqa: E402
+from mhkd_jax import distill, fold, heads, parallel  # noqa: E402
+from mhkd_jax import step as step_lib  # noqa: E402
 from mhkd_jax import train_state as train_state_lib  # noqa: E402
 from mhkd_jax.configs import test as test_config  # noqa: E402
 from mhkd_jax.data import augment, inputs  # noqa: E402
@@ -63,10 +65,16 @@ BN_MOMENTUM = 0.1  # PyTorch's; Flax's 0.9.
 # case -> {what: max difference}; printed at the end of the module.
 REPORT: dict[str, dict[str, float]] = {}
 
+# case -> (method, teacher head mode, teacher BatchNorms folded). The
+# folded cases run the JAX step with config.teacher.fold_batchnorm's
+# teacher against the same (unfolded) PyTorch teacher: logits for KD,
+# stage features for the online teacher heads.
 CASES = {
-  'kd': ('kd', None),
-  'mhkd_pretrain': ('mhkd', 'pretrain'),
-  'mhkd_online': ('mhkd', 'online'),
+  'kd': ('kd', None, False),
+  'mhkd_pretrain': ('mhkd', 'pretrain', False),
+  'mhkd_online': ('mhkd', 'online', False),
+  'kd_folded_teacher': ('kd', None, True),
+  'mhkd_online_folded_teacher': ('mhkd', 'online', True),
 }
 
 
@@ -229,7 +237,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run_case(case):
-  method_name, mode = CASES[case]
+  method_name, mode, folded = CASES[case]
   with jax.default_matmul_precision('highest'):
     config, method, teacher, trainable, t_step, torch_trained = _build(
       method_name, mode
@@ -243,6 +251,8 @@ def _run_case(case):
     state, graphdef, tx = train_state_lib.train_state_for(
       trainable, config, steps_per_epoch=STEPS, mesh=mesh
     )
+    if folded:
+      teacher = fold.folded_teacher(teacher, INPUT_SHAPE)
     t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
     images, labels = _data()
     train_step = step_lib.create_train_step(
@@ -294,10 +304,10 @@ def test_loss_terms_match(results, case):
         worst, worst_key = diff, f'{key}@{step}'
       assert diff <= LOSS_TOL, (case, step, key, float(jm[key]), tm[key])
   expected_heads = {
-    'kd': (),
-    'mhkd_pretrain': ('kd/stage1', 'kd/stage2'),
-    'mhkd_online': ('ce/teacher_head/stage1', 'ce/teacher_head/stage2'),
-  }[case]
+    None: (),
+    'pretrain': ('kd/stage1', 'kd/stage2'),
+    'online': ('ce/teacher_head/stage1', 'ce/teacher_head/stage2'),
+  }[CASES[case][1]]
   for key in expected_heads:
     assert key in t_metrics[0], key
   REPORT.setdefault(case, {})[f'max |loss term diff| ({worst_key})'] = worst

@@ -13,6 +13,7 @@ from mhkd_jax import train, workdir as workdir_lib
 from mhkd_jax import train_state as train_state_lib
 from mhkd_jax.configs import test as test_config
 from mhkd_jax.data import datasets, inputs
+from mhkd_jax.distill import base
 from mhkd_jax.distill.base import DataSpec, Teacher
 from mhkd_jax.models import create_model
 
@@ -54,10 +55,12 @@ def _split():
   return datasets.ArraySplit(images, labels)
 
 
-def _train(config, data_seed):
+def _train(config, data_seed, evaluate=False):
   """STEPS steps of ``config``'s students on batches drawn from the data
   key of ``data_seed`` (one stream), or each student's own (independent
-  data). Returns host (state, per-step losses)."""
+  data). Returns host (state, per-step losses), and with ``evaluate`` the
+  eval step's sums on one batch of the split, the teacher run in it (as
+  for heads trained in the run)."""
   mesh = parallel.create_mesh(1)
   method = distill.create_method(config)
   teacher = _teacher()
@@ -86,12 +89,24 @@ def _train(config, data_seed):
   for _, batch in zip(range(STEPS), batches):
     state, metrics = train_step(state, batch, t_state)
     losses.append(np.asarray(metrics['loss']))
-  return jax.device_get(state), np.stack(losses, axis=-1)
+  result = jax.device_get(state), np.stack(losses, axis=-1)
+  if not evaluate:
+    return result
+  eval_step = step_lib.create_eval_step(
+    method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
+    compiler_options=step_lib.compiler_options(mesh),
+    num_students=config.num_students, students_loop=config.students_loop,
+  )
+  eval_input = inputs.DeviceResidentEvalInput(
+    _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
+  )
+  batch = next(eval_input.batches())
+  return (*result, jax.device_get(eval_step(state, t_state, batch, None)))
 
 
 def _assert_student_equals(stacked, k, one, atol=1e-5):
-  state, loss = stacked
-  one_state, one_loss = one
+  state, loss = stacked[:2]
+  one_state, one_loss = one[:2]
   np.testing.assert_allclose(loss[k], one_loss, rtol=1e-5, atol=1e-6)
   mine = students.unstack(state.params, k)
   for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(one_state.params),
@@ -105,14 +120,27 @@ def _assert_student_equals(stacked, k, one, atol=1e-5):
 @pytest.mark.parametrize('method', ['ce', 'kd', 'mhkd'])
 def test_student_k_of_shared_data_run_equals_one_student_run(method):
   seed = 3
-  stacked = _train(_config(method, num_students=2), data_seed=seed)
+  # MHKD (online teacher heads): its evaluation runs the teacher and
+  # scores each student's and teacher heads; compare that too.
+  evaluate = method == 'mhkd'
+  stacked = _train(_config(method, num_students=2), data_seed=seed,
+                   evaluate=evaluate)
   # Shared data: every student sees student 0's batches (data key of
   # `seed`); student k is initialised from seed + k.
   k = 1
-  one = _train(_config(method, seed=seed + k), data_seed=seed)
+  one = _train(_config(method, seed=seed + k), data_seed=seed,
+               evaluate=evaluate)
   _assert_student_equals(stacked, k, one)
   # The students really differ (distinct initialisations).
   assert abs(stacked[1][0, -1] - stacked[1][1, -1]) > 1e-4
+  if evaluate:
+    sums, one_sums = stacked[2], one[2]
+    assert sums.keys() == one_sums.keys()
+    # The online teacher heads are scored (the teacher ran in the step).
+    assert step_lib.accuracy_metric(f'{base.TEACHER}/stage1') in sums
+    for key in sums:
+      np.testing.assert_allclose(sums[key][k], one_sums[key], rtol=1e-5,
+                                 atol=1e-5, err_msg=key)
 
 
 def test_vmapped_students_equal_one_student_runs_to_rounding():
