@@ -32,11 +32,13 @@ demo: $(STAMP)
 
 # Two pytest workers, a whole test file each (2 cores here; each worker's
 # XLA uses every core it is given, so more workers than cores only adds
-# memory). TEST_WORKERS=0 runs them in this process.
+# memory), in the order tests/conftest.py gives (longest first; xdist's
+# own order is most tests first, which put the few long multi-process
+# tests last). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
 test: $(TORCH_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: $(TORCH_STAMP)
 	$(PY) -m experiments.benchmark_step
