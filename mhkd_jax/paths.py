@@ -52,7 +52,8 @@ def walk(root: str) -> list[tuple[str, set[str]]]:
     files = set()
     for child in directory.iterdir():
       if child.is_dir():
-        pending.append((os.path.normpath(os.path.join(rel, child.name)), child))
+        child_rel = os.path.normpath(os.path.join(rel, child.name))
+        pending.append((child_rel, child))
       else:
         files.add(child.name)
     found.append((rel, files))
