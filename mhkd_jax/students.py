@@ -57,17 +57,20 @@ def create_train_state(config, method, *, teacher, data, mesh,
                        preliminary=None):
   """``train_state.create_train_state`` for ``config.num_students``
   students: the one-student state itself for one, else the students'
-  states stacked (student k from seed ``seed + k``), replicated."""
+  states stacked (student k from seed ``seed + k``), replicated.
+  ``preliminary``: what a preliminary phase trained, a student each for
+  several students."""
   if config.num_students == 1:
     return train_state_lib.create_train_state(
       config, method, teacher=teacher, data=data, mesh=mesh,
       preliminary=preliminary,
     )
   states = []
-  for seed in seeds(config):
+  for k, seed in enumerate(seeds(config)):
     state, graphdef, tx = train_state_lib.create_train_state(
       with_seed(config, seed), method, teacher=teacher, data=data,
-      mesh=mesh, preliminary=preliminary,
+      mesh=mesh,
+      preliminary=None if preliminary is None else preliminary[k],
     )
     states.append(state)
   return parallel.replicate(stack(states), mesh), graphdef, tx

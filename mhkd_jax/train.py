@@ -94,7 +94,8 @@ def _restore_latest(checkpointer, state):
 def _preliminary(method, teacher, data, mesh, workdir):
   """Runs the method's preliminary phase, if it has one, in its own
   subdirectory (resuming it, or finding it finished), and returns
-  ``(what it trained, None)``, or ``(None, its preempted result)``."""
+  ``(what it trained, None)`` (a list, a student each, for several
+  students), or ``(None, its preempted result)``."""
   phase = method.preliminary()
   if phase is None:
     return None, None
@@ -106,7 +107,7 @@ def _preliminary(method, teacher, data, mesh, workdir):
     if results.get('preempted'):
       return None, results
   phase_method = distill.create_method(config)
-  state, graphdef, _ = train_state_lib.create_train_state(
+  state, graphdef, _ = students.create_train_state(
     config, phase_method, teacher=teacher, data=data, mesh=mesh
   )
   checkpointer = checkpointing.TrainCheckpointer(phase_dir, max_to_keep=1)
@@ -114,7 +115,16 @@ def _preliminary(method, teacher, data, mesh, workdir):
     state = _restore_latest(checkpointer, state)
   finally:
     checkpointer.close()
-  return nnx.merge(graphdef, state.params, state.buffers), None
+  if config.num_students == 1:
+    return nnx.merge(graphdef, state.params, state.buffers), None
+  # The phase trained the same N students (seeds seed + k, the same data
+  # mode): student k of the run continues from student k of the phase.
+  state = jax.device_get(state)
+  return [
+    nnx.merge(graphdef, students.unstack(state.params, k),
+              students.unstack(state.buffers, k))
+    for k in range(config.num_students)
+  ], None
 
 
 class Evaluator:

@@ -145,11 +145,6 @@ def validate(config) -> None:
       f'method {config.method!r} distils from a teacher.',
     )
     method.validate_config(checker)
-    checker.require(
-      config.num_students == 1 or method.preliminary() is None,
-      'num_students', f'must be 1 for method {config.method!r}: several '
-      'students after a preliminary phase are not supported yet.',
-    )
   _check_trainer(checker)
   problems = checker.problems
   if len(problems) == 1:

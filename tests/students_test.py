@@ -273,3 +273,31 @@ def test_a_run_recorded_before_num_students_resumes_as_one_student(
   config.num_students = 2
   with pytest.raises(errors.WorkdirError, match='num_students'):
     workdir_lib.check_config(str(tmp_path), config)
+
+
+def test_students_after_a_preliminary_phase_equal_one_student_runs(
+  mock_cifar100, resnet8_teacher_dir, tmp_path
+):
+  """FSP's preliminary phase trains the same two students; student k of
+  the run continues from student k of the phase, so each equals the
+  one-student run of its seed, phase included."""
+  def config(**kwargs):
+    c = _run_config(resnet8_teacher_dir, method='fsp', num_epochs=1,
+                    **kwargs)
+    c.fsp.init_epochs = 1
+    return c
+
+  two = train.train_and_evaluate(
+    config(num_students=2, students_share_data=False), str(tmp_path / 'two')
+  )
+  phase = workdir_lib.read_json(
+    str(tmp_path / 'two' / 'preliminary' / 'results.json'))
+  assert phase['num_students'] == 2
+  for k, seed in enumerate((0, 1)):
+    one = train.train_and_evaluate(config(seed=seed), str(tmp_path / str(k)))
+    student = two['students'][k]
+    assert student['seed'] == seed
+    assert student['final']['eval/loss'] == pytest.approx(
+      one['final']['eval/loss'], rel=1e-4)
+    assert student['final']['eval/acc'] == pytest.approx(
+      one['final']['eval/acc'], abs=1e-6)
