@@ -195,6 +195,18 @@ def _run_config(teacher_dir, method='kd', **kwargs):
   return config
 
 
+def _assert_run_student_equals(student, seed, one):
+  """A student's entry of a several-student results.json against the
+  one-student run of its seed."""
+  assert student['seed'] == seed
+  assert student['final']['eval/loss'] == pytest.approx(
+    one['final']['eval/loss'], rel=1e-4)
+  assert student['final']['eval/acc'] == pytest.approx(
+    one['final']['eval/acc'], abs=1e-6)
+  assert student['best_eval_acc'] == pytest.approx(
+    one['best_eval_acc'], abs=1e-6)
+
+
 @pytest.fixture(scope='module')
 def two_students(mock_cifar100, resnet8_teacher_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('two_students'))
@@ -213,14 +225,7 @@ def test_two_independent_students_equal_two_one_student_runs(
     one = train.train_and_evaluate(
       _run_config(resnet8_teacher_dir, seed=seed), str(tmp_path / str(k))
     )
-    student = results['students'][k]
-    assert student['seed'] == seed
-    assert student['final']['eval/loss'] == pytest.approx(
-      one['final']['eval/loss'], rel=1e-4)
-    assert student['final']['eval/acc'] == pytest.approx(
-      one['final']['eval/acc'], abs=1e-6)
-    assert student['best_eval_acc'] == pytest.approx(
-      one['best_eval_acc'], abs=1e-6)
+    _assert_run_student_equals(results['students'][k], seed, one)
     finals.append(one['final']['eval/acc'])
     # Each student's exported network is a loadable teacher checkpoint.
     assert os.path.isdir(os.path.join(workdir, f'student{k}', 'export'))
@@ -295,9 +300,4 @@ def test_students_after_a_preliminary_phase_equal_one_student_runs(
   assert phase['num_students'] == 2
   for k, seed in enumerate((0, 1)):
     one = train.train_and_evaluate(config(seed=seed), str(tmp_path / str(k)))
-    student = two['students'][k]
-    assert student['seed'] == seed
-    assert student['final']['eval/loss'] == pytest.approx(
-      one['final']['eval/loss'], rel=1e-4)
-    assert student['final']['eval/acc'] == pytest.approx(
-      one['final']['eval/acc'], abs=1e-6)
+    _assert_run_student_equals(two['students'][k], seed, one)
