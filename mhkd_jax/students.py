@@ -22,6 +22,7 @@ import copy
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from mhkd_jax import parallel
 from mhkd_jax import train_state as train_state_lib
@@ -51,6 +52,13 @@ def stack(states: list):
 def unstack(tree, k: int):
   """Student ``k``'s slice of a stacked pytree."""
   return jax.tree.map(lambda x: x[k], tree)
+
+
+def student_trainable(graphdef, state, k: int):
+  """Student ``k``'s trainable module (network, heads, method parts) from
+  a stacked state."""
+  one = unstack(state, k)
+  return nnx.merge(graphdef, one.params, one.buffers)
 
 
 def create_train_state(config, method, *, teacher, data, mesh,

@@ -120,11 +120,8 @@ def _preliminary(method, teacher, data, mesh, workdir):
   # The phase trained the same N students (seeds seed + k, the same data
   # mode): student k of the run continues from student k of the phase.
   state = jax.device_get(state)
-  return [
-    nnx.merge(graphdef, students.unstack(state.params, k),
-              students.unstack(state.buffers, k))
-    for k in range(config.num_students)
-  ], None
+  return [students.student_trainable(graphdef, state, k)
+          for k in range(config.num_students)], None
 
 
 class Evaluator:
@@ -404,9 +401,8 @@ def _export_students(config, method, graphdef, state, teacher, info, data,
     _export(export, info, data, workdir)
     return
   for k in range(config.num_students):
-    one = students.unstack(state, k)
     export = method.export(
-      nnx.merge(graphdef, one.params, one.buffers), teacher
+      students.student_trainable(graphdef, state, k), teacher
     )
     _export(export, info, data,
             paths.join(workdir, students.student_prefix(k)))
