@@ -1,7 +1,8 @@
-# make demo: set up .venv on first use, then run the main job on the
-#            embedded data (teacher, heads, vanilla/KD/MHKD students).
-# make test: set up .venv (with the torch extra) and run the tests.
-# make bench: the JAX vs PyTorch step benchmark (experiments/).
+# make demo:      set up .venv on first use, then run the main job on the
+#                 embedded data (teacher, heads, vanilla/KD/MHKD students).
+# make test:      set up .venv (with the torch extra) and run every test.
+# make test-fast: the fast tier (docs/testing.md): under 3 minutes here.
+# make bench:     the JAX vs PyTorch step benchmark (experiments/).
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.installed-torch
 DEMO_WORKDIR ?= demo_workdir
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 # What the demo needs: the pinned requirements and the package.
 $(STAMP): requirements.txt pyproject.toml
@@ -28,7 +29,7 @@ $(TORCH_STAMP): $(STAMP)
 	touch $(TORCH_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mhkd_jax.demo --workdir=$(DEMO_WORKDIR)
+	$(PY) -m mhkd_jax.tools.demo --workdir=$(DEMO_WORKDIR)
 
 # Two pytest workers, a whole test file each (2 cores here; each worker's
 # XLA uses every core it is given, so more workers than cores only adds
@@ -37,8 +38,16 @@ demo: $(STAMP)
 # tests last). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	--no-loadscope-reorder
+
 test: $(TORCH_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PYTEST) tests
+
+# Everything not marked slow (multi-process, several students, parity
+# against PyTorch, full runs): docs/testing.md says which tier when.
+test-fast: $(TORCH_STAMP)
+	$(PYTEST) -m 'not slow' tests
 
 bench: $(TORCH_STAMP)
 	$(PY) -m experiments.benchmark_step

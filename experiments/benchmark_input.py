@@ -158,10 +158,14 @@ def step_rate(args):
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
-  from mhkd_jax import distill, parallel, step as step_lib  # noqa: PLC0415
-  from mhkd_jax import train_state as train_state_lib  # noqa: PLC0415
+  from mhkd_jax import (  # noqa: PLC0415
+    distill,
+    parallel,
+    steps,
+    train_state,  # noqa: PLC0415
+  )
   from mhkd_jax.configs import imagenet_resnet34_resnet18  # noqa: PLC0415
-  from mhkd_jax.data.inputs import Batch  # noqa: PLC0415
+  from mhkd_jax.data.input_pipeline import Batch  # noqa: PLC0415
   from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: PLC0415
   from mhkd_jax.models import create_model  # noqa: PLC0415
 
@@ -173,12 +177,12 @@ def step_rate(args):
                                  rngs=nnx.Rngs(1)), None,
                     name='imagenet_resnet34')
   mesh = parallel.create_mesh()
-  state, graphdef, tx = train_state_lib.create_train_state(
+  state, graphdef, tx = train_state.create_train_state(
     config, method, teacher=teacher, data=data, mesh=mesh)
-  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
-  train_step = step_lib.create_train_step(
+  t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
+  train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
-    data=data, compiler_options=step_lib.compiler_options(mesh))
+    data=data, compiler_options=steps.compiler_options(mesh))
   sharding = parallel.data_sharded(mesh)
   batch = jax.device_put(Batch(
     jnp.asarray(np.random.default_rng(0).normal(size=(b, 224, 224, 3)),

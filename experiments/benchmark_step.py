@@ -5,14 +5,14 @@
       --steps 20 --no-torch
 
 The JAX step is the real one, built as ``train_and_evaluate`` builds it
-(``train_state.create_train_state``, ``data.inputs.DeviceResidentInput``
-and ``step.create_train_step``): the input's program takes the batch from
+(``train_state.create_train_state``, ``data.input_pipeline.DeviceResidentInput``
+and ``steps.create_train_step``): the input's program takes the batch from
 the resident split, crops, flips and normalises it; the train step runs
 the frozen teacher, student + heads + loss under one ``value_and_grad``
 and SGD. Both are timed together, step by step with ``block_until_ready``
 (the train step's compile time is reported apart).
 ``--also-fused-input`` also times both programs fused into one. The PyTorch
-step is ``experiments/pytorch_baseline/train_step.py`` (RepDistiller
+step is ``tests/torch_reference/train_step.py`` (RepDistiller
 semantics) on a batch that is already normalised (its data loading is not
 timed, while the JAX input's gather and augmentation are). Both run in one
 process, in alternating blocks of steps after a warm-up, so that machine
@@ -84,7 +84,8 @@ def _parse_args(argv):
     '--dtype', default='float32', choices=('float32', 'bfloat16'),
     help='bfloat16: JAX computes convs/linears/BN in bf16 (f32 params); '
     'PyTorch runs under torch.autocast. On CPUs without AVX512-BF16 the '
-    'PyTorch bf16 step is ~70x slower than its f32 step (measured).',
+    'PyTorch bf16 step is far slower than its f32 step '
+    '(docs/performance.md).',
   )
   p.add_argument(
     '--torch', action=argparse.BooleanOptionalAction, default=None,
@@ -100,7 +101,7 @@ def _parse_args(argv):
   )
   p.add_argument(
     '--xla-default-cpu-libraries', action='store_true',
-    help='compile the JAX step without mhkd_jax.step.CPU_COMPILER_OPTIONS',
+    help='compile the JAX step without mhkd_jax.steps.CPU_COMPILER_OPTIONS',
   )
   p.add_argument(
     '--also-xla-defaults', action='store_true',
@@ -200,7 +201,7 @@ def _jax_config(args, method, head):
 class JaxBench:
   """The project's input and train step, compiled, on a synthetic split.
 
-  ``xla_defaults``: compile without ``step.compiler_options`` (XLA's own
+  ``xla_defaults``: compile without ``steps.compiler_options`` (XLA's own
   CPU library choices). ``fused_input``: one jitted program for the
   input's gather/augment and the train step instead of two.
   """
@@ -212,13 +213,11 @@ class JaxBench:
     import numpy as np
     from flax import nnx
 
-    from mhkd_jax import distill, fold, heads, parallel, step as step_lib
-    from mhkd_jax import students
-    from mhkd_jax import train_state as train_state_lib
-    from mhkd_jax.data import datasets, inputs
+    from mhkd_jax import distill, parallel, steps, students, train_state
+    from mhkd_jax.data import datasets, input_pipeline
     from mhkd_jax.distill.base import DataSpec, Teacher
     from mhkd_jax.distill.mhkd import TEACHER_HEAD_MODES
-    from mhkd_jax.models import create_model
+    from mhkd_jax.models import create_model, fold, heads
 
     if args.teacher_heads not in TEACHER_HEAD_MODES:
       raise SystemExit(f'--teacher-heads={args.teacher_heads!r}; valid: '
@@ -252,20 +251,20 @@ class JaxBench:
       )
     teacher = Teacher(t_model, t_heads, name=args.teacher)
     mesh = parallel.create_mesh(1)
-    self.state, graphdef, tx = students.create_train_state(
+    self.state, graphdef, tx = train_state.create_train_state(
       config, method, teacher=teacher, data=data, mesh=mesh
     )
     if self.fold_teacher:  # what train.py's steps run
       teacher = fold.folded_teacher(teacher, data.input_shape)
-    t_graphdef, self.t_state = train_state_lib.place_teacher(
+    t_graphdef, self.t_state = train_state.place_teacher(
       teacher, config, mesh
     )
     self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
     self.compiler_options = (
-      None if xla_defaults else step_lib.compiler_options(mesh)
+      None if xla_defaults else steps.compiler_options(mesh)
     )
     def create_step(compiler_options):
-      return step_lib.create_train_step(
+      return steps.create_train_step(
         method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
         tx=tx, data=data, compiler_options=compiler_options,
         num_students=num_students, share_data=share_data,
@@ -279,10 +278,10 @@ class JaxBench:
       rng.integers(0, args.num_classes, (num_examples,)).astype(np.int32),
     )
     cifar = datasets.dataset_info('cifar100')
-    preprocessing = inputs.Preprocessing(
+    preprocessing = input_pipeline.Preprocessing(
       mean=cifar.mean, std=cifar.std, crop_padding=4, random_flip=True
     )
-    self.input = inputs.DeviceResidentInput(
+    self.input = input_pipeline.DeviceResidentInput(
       split, preprocessing, batch_size=args.batch, mesh=mesh
     )
     self.fused_input = fused_input
@@ -360,9 +359,9 @@ class TorchBench:
   def __init__(self, args, method_name, head):
     import torch
 
-    from experiments.pytorch_baseline import heads as torch_heads
-    from experiments.pytorch_baseline import models as torch_models
-    from experiments.pytorch_baseline import train_step
+    from tests.torch_reference import heads as torch_heads
+    from tests.torch_reference import models as torch_models
+    from tests.torch_reference import train_step
 
     self.torch = torch
     config = _jax_config(args, method_name, head)
@@ -667,7 +666,7 @@ def main(argv=None):
     else:
       raise SystemExit(f'--method {m!r}: valid methods are kd, mhkd.')
 
-  from mhkd_jax import parallel, step as step_lib
+  from mhkd_jax import parallel, steps
 
   device = jax.devices()[0]
   header = {
@@ -682,7 +681,7 @@ def main(argv=None):
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'step_compiler_options': (
       None if args.xla_default_cpu_libraries
-      else step_lib.compiler_options(parallel.create_mesh(1))
+      else steps.compiler_options(parallel.create_mesh(1))
     ),
   }
   print(

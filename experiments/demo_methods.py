@@ -39,7 +39,7 @@ def _parse_args(argv):
 
 def method_config(method: str, seed: int, workdir: str):
   """The demo's student config, distilled with ``method``."""
-  from mhkd_jax import demo  # noqa: PLC0415
+  from mhkd_jax.tools import demo  # noqa: PLC0415
 
   configs = demo.demo_configs(workdir)
   base = 'mhkd' if method == 'mhkd' else 'kd'
@@ -52,7 +52,7 @@ def method_config(method: str, seed: int, workdir: str):
 def main(argv=None):
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from mhkd_jax import demo  # noqa: PLC0415
+  from mhkd_jax.tools import demo  # noqa: PLC0415
 
   workdir = os.path.abspath(args.workdir)
   methods = [m for m in args.methods.split(',') if m]

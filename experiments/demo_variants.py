@@ -49,7 +49,7 @@ def _parse_args(argv):
 
 def variant_config(variant: str, method: str, seed: int, workdir: str):
   """The demo config of one student run under ``variant``."""
-  from mhkd_jax import demo
+  from mhkd_jax.tools import demo
 
   # The demo's own config, teachers read from this study's workdir.
   config = demo.demo_configs(workdir)[method]
@@ -69,7 +69,7 @@ def variant_config(variant: str, method: str, seed: int, workdir: str):
 
 def _teacher_runs(workdir: str, variants) -> dict:
   """The demo's teacher runs (and dih teacher heads if a variant needs)."""
-  from mhkd_jax import demo
+  from mhkd_jax.tools import demo
 
   configs = demo.demo_configs(workdir)
   runs = {'teacher': configs['teacher'],
@@ -92,7 +92,7 @@ def _fmt(values):
 def main(argv=None):
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from mhkd_jax import demo
+  from mhkd_jax.tools import demo
 
   workdir = os.path.abspath(args.workdir)
   seeds = [int(s) for s in args.seeds.split(',') if s]

@@ -93,15 +93,21 @@ def compile_step(per_device: int):
   import numpy as np  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
-  from mhkd_jax import distill, heads, parallel  # noqa: PLC0415
-  from mhkd_jax import step as step_lib  # noqa: PLC0415
-  from mhkd_jax import train_state as train_state_lib  # noqa: PLC0415
+  from mhkd_jax import (  # noqa: PLC0415
+    distill,
+    parallel,
+    steps,  # noqa: PLC0415
+    train_state,  # noqa: PLC0415
+  )
   from mhkd_jax.configs import (  # noqa: PLC0415
     cifar100_resnet32x4_resnet8x4 as pair,
   )
-  from mhkd_jax.data import inputs  # noqa: PLC0415
+  from mhkd_jax.data import input_pipeline  # noqa: PLC0415
   from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: PLC0415
-  from mhkd_jax.models import create_model  # noqa: PLC0415
+  from mhkd_jax.models import (
+    create_model,  # noqa: PLC0415
+    heads,  # noqa: PLC0415
+  )
 
   config = pair.get_config('mhkd')
   batch = per_device * NUM_CPU_DEVICES
@@ -120,16 +126,16 @@ def compile_step(per_device: int):
   )
   teacher = Teacher(t_model, t_heads, name='resnet32x4')
   mesh = parallel.create_mesh(NUM_CPU_DEVICES)
-  state, graphdef, tx = train_state_lib.create_train_state(
+  state, graphdef, tx = train_state.create_train_state(
     config, method, teacher=teacher, data=data, mesh=mesh
   )
-  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
-  train_step = step_lib.create_train_step(
+  t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
+  train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
-    data=data, compiler_options=step_lib.compiler_options(mesh),
+    data=data, compiler_options=steps.compiler_options(mesh),
   )
   sharded = parallel.data_sharded(mesh)
-  example = inputs.Batch(
+  example = input_pipeline.Batch(
     images=jax.device_put(jnp.zeros((batch, 32, 32, 3), jnp.float32),
                           sharded),
     labels=jax.device_put(jnp.zeros((batch,), jnp.int32), sharded),

@@ -63,17 +63,12 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(correct(logits, labels))
 
 
-def top1_agreement(a_logits: jax.Array, b_logits: jax.Array) -> jax.Array:
-  """Fraction of examples on which two classifiers' top-1 classes agree."""
-  return jnp.mean(agrees(a_logits, b_logits))
-
-
 # --------------------------------------------------------------------------
 # The prior approaches (RepDistiller's distiller_zoo and crd, mdistiller's
 # DKD). Features are NHWC float32 (vectors (B, D)); every reduction,
 # normalisation, epsilon and pooling rule is the original's, so that the
 # values equal the PyTorch definitions to float32 precision
-# (tests/losses_test.py checks each against experiments/pytorch_baseline/
+# (tests/losses_test.py checks each against tests/torch_reference/
 # distill_losses.py). Which features each method feeds in, and the weights,
 # live with the method (mhkd_jax/distill/).
 

@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mhkd_jax import cli, paths
+from mhkd_jax.run import cli, paths
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 config_flags.DEFINE_config_file(
@@ -53,11 +53,11 @@ def main(argv):
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set by users)
 
   _initialize_distributed(jax)
-  from mhkd_jax import train, validation  # noqa: PLC0415
+  from mhkd_jax import train  # noqa: PLC0415
 
   config, workdir = flags.FLAGS.config, _WORKDIR.value
-  # A config that cannot run stops here, before the workdir is touched.
-  cli.run(validation.validate, config)
+  # train_and_evaluate checks the config before it creates the workdir; the
+  # log file waits for the workdir, so a config that cannot run leaves none.
   cli.log_to_file(paths.join(paths.absolute(workdir), LOG_FILE))
   logging.info(
     'JAX process %d/%d, %d local / %d global devices (%s).',

@@ -8,9 +8,10 @@ per-GPU statistics.
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from mhkd_jax import errors
+from mhkd_jax.run import errors
 
 DATA_AXIS = 'data'
 

@@ -1,87 +1,37 @@
-"""Several students per teacher in one compiled program.
+"""Several students per teacher in one compiled program: the bookkeeping.
 
 Papers report mean ± std over several runs, and every run re-computes the
-same frozen teacher forward. With ``config.num_students = N`` the train
-state of N students is stacked along a leading axis and the step is
-``vmap``-ed over it (``mhkd_jax.step``): student k is initialised from
-seed ``seed + k`` and carries its own RNG (method randomness), BatchNorm
-statistics, method state (e.g. a CRD memory) and optimizer state. With
-``students_share_data`` they all see student 0's batches and the teacher
-runs once per batch; without it student k draws its own data order and
-augmentation, so it equals a one-student run with seed ``seed + k``.
+same frozen teacher forward. With ``config.num_students = N``,
+``train_state.create_train_state`` stacks the states of N students along a
+leading axis (student k from seed ``seed + k``, with its own RNG,
+BatchNorm statistics, method state such as a CRD memory, and optimizer
+state), and the step maps the one-student update over that axis
+(``steps.over_students``: traced once per student by default, or
+``vmap``-ed). With ``students_share_data`` they all see student 0's
+batches and the teacher runs once per batch; without it student k draws
+its own data order and augmentation, so it equals a one-student run with
+seed ``seed + k``.
 
 ``num_students = 1`` is the one-student program, unstacked and unchanged.
-This module holds the stacking and the per-student bookkeeping of metrics
-and results.
+This module holds what the loop does per student: the batches, one
+student's slice of the state, and the metrics and results of each.
 """
 
 from __future__ import annotations
-
-import copy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mhkd_jax import parallel
-from mhkd_jax import train_state as train_state_lib
-
-
-def seeds(config) -> list[int]:
-  """The initialisation seed of each student."""
-  return [config.seed + k for k in range(config.num_students)]
-
-
-def with_seed(config, seed: int):
-  """``config`` for one student with ``seed`` (a one-student run)."""
-  one = copy.deepcopy(config)
-  with one.unlocked():
-    one.seed = seed
-    one.num_students = 1
-  return one
-
-
-def stack(states: list):
-  """The students' states stacked along a new leading axis (on the host;
-  the caller places the result)."""
-  host = jax.device_get(states)
-  return jax.tree.map(lambda *xs: np.stack(xs), *host)
-
-
-def unstack(tree, k: int):
-  """Student ``k``'s slice of a stacked pytree."""
-  return jax.tree.map(lambda x: x[k], tree)
+from mhkd_jax import train_state
 
 
 def student_trainable(graphdef, state, k: int):
   """Student ``k``'s trainable module (network, heads, method parts) from
   a stacked state."""
-  one = unstack(state, k)
+  one = train_state.unstack(state, k)
   return nnx.merge(graphdef, one.params, one.buffers)
-
-
-def create_train_state(config, method, *, teacher, data, mesh,
-                       preliminary=None):
-  """``train_state.create_train_state`` for ``config.num_students``
-  students: the one-student state itself for one, else the students'
-  states stacked (student k from seed ``seed + k``), replicated.
-  ``preliminary``: what a preliminary phase trained, a student each for
-  several students."""
-  if config.num_students == 1:
-    return train_state_lib.create_train_state(
-      config, method, teacher=teacher, data=data, mesh=mesh,
-      preliminary=preliminary,
-    )
-  states = []
-  for k, seed in enumerate(seeds(config)):
-    state, graphdef, tx = train_state_lib.create_train_state(
-      with_seed(config, seed), method, teacher=teacher, data=data,
-      mesh=mesh,
-      preliminary=None if preliminary is None else preliminary[k],
-    )
-    states.append(state)
-  return parallel.replicate(stack(states), mesh), graphdef, tx
 
 
 def start_step(state) -> int:
@@ -96,11 +46,11 @@ def train_batches(train_input, state, start: int, num_students: int,
   along a leading axis."""
   rngs = np.asarray(jax.device_get(state.rng))
   if num_students == 1:
-    return train_input.batches(start, train_state_lib.data_rng(rngs))
+    return train_input.batches(start, train_state.data_rng(rngs))
   if share_data:
-    return train_input.batches(start, train_state_lib.data_rng(rngs[0]))
+    return train_input.batches(start, train_state.data_rng(rngs[0]))
   streams = [
-    train_input.batches(start, train_state_lib.data_rng(rngs[k]))
+    train_input.batches(start, train_state.data_rng(rngs[k]))
     for k in range(num_students)
   ]
   return (_stack_batches(batches) for batches in zip(*streams))
@@ -153,7 +103,7 @@ def results(config, history: list[dict]) -> dict:
   the final and best accuracy."""
   final = history[-1] if history else {}
   students = []
-  for k, seed in enumerate(seeds(config)):
+  for k, seed in enumerate(train_state.student_seeds(config)):
     accs = [
       h[f'{student_prefix(k)}/eval/acc'] for h in history
       if f'{student_prefix(k)}/eval/acc' in h

@@ -3,7 +3,7 @@ checkpoint, log, export.
 
 One loop serves every method and every input: the method decides what is
 trained and the loss (``mhkd_jax.distill``), the input where batches come
-from (``mhkd_jax.data.inputs``); the loop owns the optimizer, the teacher
+from (``mhkd_jax.data.input_pipeline``); the loop owns the optimizer, the teacher
 role, evaluation, checkpoints and preemption.
 """
 
@@ -19,16 +19,19 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from mhkd_jax import checkpointing, distill, errors, fold, parallel, paths
-from mhkd_jax import preemption
-from mhkd_jax import progress, students
-from mhkd_jax import validation
-from mhkd_jax import workdir as workdir_lib
-from mhkd_jax import step as step_lib
-from mhkd_jax import train_state as train_state_lib
-from mhkd_jax.data import datasets
-from mhkd_jax.data import inputs as inputs_lib
+from mhkd_jax import configs, distill, parallel, steps, students, train_state
+from mhkd_jax.data import datasets, input_pipeline
 from mhkd_jax.distill import base
+from mhkd_jax.models import fold
+from mhkd_jax.run import (
+  checkpoints,
+  errors,
+  paths,
+  preemption,
+  progress,
+  records,
+  validation,
+)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -64,7 +67,7 @@ def _load_teacher(config, method, info):
   before any data is read: a wrong path or architecture fails fast."""
   if not method.needs_teacher:
     return None
-  teacher = checkpointing.load_teacher(
+  teacher = checkpoints.load_teacher(
     config.teacher.init, model_name=config.teacher.model or None,
     num_classes=info.num_classes, input_shape=(1, *info.image_shape),
   )
@@ -83,12 +86,12 @@ def _teacher_for_steps(config, teacher, data):
 def _restore_latest(checkpointer, state):
   """The newest readable checkpoint's state if there is one, else
   ``state``. Restored arrays take the shardings of the fresh ones."""
-  abstract = train_state_lib.abstract_like(state).to_checkpoint()
+  abstract = train_state.abstract_like(state).to_checkpoint()
   step, restored = checkpointer.restore_latest(abstract)
   if step is None:
     return state
   logging.info('Resumed from %s at step %d.', checkpointer.directory, step)
-  return train_state_lib.TrainState.from_checkpoint(restored)
+  return train_state.TrainState.from_checkpoint(restored)
 
 
 def _preliminary(method, teacher, data, mesh, workdir):
@@ -101,16 +104,16 @@ def _preliminary(method, teacher, data, mesh, workdir):
     return None, None
   name, config = phase
   phase_dir = paths.join(workdir, name)
-  if not paths.exists(paths.join(phase_dir, workdir_lib.RESULTS)):
+  if not paths.exists(paths.join(phase_dir, records.RESULTS)):
     logging.info('Preliminary phase %r in %s.', config.method, phase_dir)
     results = train_and_evaluate(config, phase_dir)
     if results.get('preempted'):
       return None, results
   phase_method = distill.create_method(config)
-  state, graphdef, _ = students.create_train_state(
+  state, graphdef, _ = train_state.create_train_state(
     config, phase_method, teacher=teacher, data=data, mesh=mesh
   )
-  checkpointer = checkpointing.TrainCheckpointer(phase_dir, max_to_keep=1)
+  checkpointer = checkpoints.TrainCheckpointer(phase_dir, max_to_keep=1)
   try:
     state = _restore_latest(checkpointer, state)
   finally:
@@ -137,7 +140,7 @@ class Evaluator:
                eval_input, compiler_options, config=None):
     # config: the run's, for its students (None: one student).
     self._num_students = config.num_students if config else 1
-    self._eval_step = step_lib.create_eval_step(
+    self._eval_step = steps.create_eval_step(
       method=method, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
       compiler_options=compiler_options, num_students=self._num_students,
       students_loop=config.students_loop if config else 'unroll',
@@ -170,7 +173,7 @@ class Evaluator:
 
 def _frozen_teacher_logits(teacher_graphdef, teacher_state, eval_input,
                            compiler_options) -> list[dict]:
-  teacher_eval_step = step_lib.create_teacher_eval_step(
+  teacher_eval_step = steps.create_teacher_eval_step(
     teacher_graphdef=teacher_graphdef, compiler_options=compiler_options
   )
   return [teacher_eval_step(teacher_state, b) for b in eval_input.batches()]
@@ -225,10 +228,10 @@ class Reporter:
     if start_step == 0:
       self.writer.write_hparams(_flat_hparams(config))
     self.train_metrics = TrainMetrics(
-      self.writer, train_state_lib.create_learning_rate_fn(
+      self.writer, train_state.create_learning_rate_fn(
         config, data.steps_per_epoch), checkpointer,
     )
-    self.history = workdir_lib.read_history(workdir, start_step)
+    self.history = records.read_history(workdir, start_step)
     self._workdir, self._steps_per_epoch = workdir, data.steps_per_epoch
     self._report_progress = periodic_actions.ReportProgress(
       num_train_steps=num_train_steps, writer=self.writer
@@ -246,7 +249,7 @@ class Reporter:
     epoch = step // self._steps_per_epoch
     self.writer.write_scalars(step, metrics)
     self.history.append({'step': step, 'epoch': epoch, **metrics})
-    workdir_lib.write_history(self._workdir, self.history)
+    records.write_history(self._workdir, self.history)
     logging.info('step %d: %s', step, metrics)
     self.progress.note(progress.eval_summary(epoch, metrics))
 
@@ -275,11 +278,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = paths.absolute(workdir)
   validation.validate(config)  # before anything is read or compiled
   method = distill.create_method(config)
-  config_changes = workdir_lib.check_config(workdir, config)
+  config_changes = records.check_config(workdir, config)
   mesh = parallel.create_mesh(config.num_devices or None)
   teacher = _load_teacher(config, method,
                           datasets.dataset_info(config.data.name))
-  train_input, eval_input, info = inputs_lib.create_inputs(config, mesh)
+  train_input, eval_input, info = input_pipeline.create_inputs(config, mesh)
   data = base.DataSpec(info.num_classes, train_input.example_shape,
                        train_input.num_examples, train_input.steps_per_epoch,
                        train_input.labels_by_index)
@@ -287,22 +290,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   fitted, preempted = _preliminary(method, teacher, data, mesh, workdir)
   if preempted:
     return preempted
-  state, graphdef, tx = students.create_train_state(
+  state, graphdef, tx = train_state.create_train_state(
     config, method, teacher=teacher, data=data, mesh=mesh,
     preliminary=fitted,
   )
-  teacher_graphdef, teacher_state = train_state_lib.place_teacher(
+  teacher_graphdef, teacher_state = train_state.place_teacher(
     _teacher_for_steps(config, teacher, data), config, mesh
   )
   paths.makedirs(workdir)
-  checkpointer = checkpointing.TrainCheckpointer(
+  checkpointer = checkpoints.TrainCheckpointer(
     workdir, max_to_keep=config.checkpoint.max_to_keep
   )
   state = _restore_latest(checkpointer, state)
   start_step = students.start_step(state)
-  workdir_lib.record_config(workdir, config, config_changes, start_step)
-  options = step_lib.compiler_options(mesh)
-  train_step = step_lib.create_train_step(
+  records.record_config(workdir, config, config_changes, start_step)
+  options = steps.compiler_options(mesh)
+  train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
     tx=tx, data=data, compiler_options=options,
     num_students=config.num_students,
@@ -412,8 +415,8 @@ def _export(export: base.Export | None, info, data, workdir) -> None:
   """Writes the run's network (with its heads) as a teacher checkpoint."""
   if export is None:
     return
-  checkpointing.save_teacher(
-    paths.join(workdir, checkpointing.EXPORT_DIR), export.model,
+  checkpoints.save_teacher(
+    paths.join(workdir, checkpoints.EXPORT_DIR), export.model,
     export.heads, model_name=export.model_name,
     num_classes=info.num_classes, input_shape=data.input_shape,
   )
@@ -442,22 +445,13 @@ def _write_results(config, teacher, info, num_train_steps, history,
     results.update(students.results(config, history))
     best = results['mean_std']['best_eval_acc']
     results['best_eval_acc'] = best[0] if best else None
-  workdir_lib.write_results(workdir, results)
+  records.write_results(workdir, results)
   return results
 
 
 def _flat_hparams(config) -> dict:
-  flat = {}
-
-  def walk(prefix, d):
-    for k, v in d.items():
-      key = f'{prefix}{k}'
-      if hasattr(v, 'items'):
-        walk(key + '.', v)
-      elif isinstance(v, (int, float, str, bool)):
-        flat[key] = v
-      else:
-        flat[key] = str(v)
-
-  walk('', config)
-  return flat
+  """The config as TensorBoard hparams: scalars, and the rest as text."""
+  return {
+    key: value if isinstance(value, (int, float, str, bool)) else str(value)
+    for key, value in configs.flatten(config).items()
+  }

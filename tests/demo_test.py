@@ -4,8 +4,11 @@ import os
 
 import pytest
 
-from mhkd_jax import demo
 from mhkd_jax.configs import demo as demo_config
+from mhkd_jax.tools import demo
+
+# Not in `make test-fast` (the demo driver): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import checkpointing, train
+from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
+from mhkd_jax.run import checkpoints
+
+# Not in `make test-fast` (full runs compiled twice): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 
 def _config(data_dir, seed):
@@ -31,7 +35,7 @@ def _run(config, workdir):
   train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
-  model = checkpointing.load_teacher(workdir).model
+  model = checkpoints.load_teacher(workdir).model
   params = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model,
                                                              nnx.Param))]
   return results, params

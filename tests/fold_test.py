@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import features, fold
-from mhkd_jax.models import MODEL_NAMES, create_model
+from mhkd_jax.models import MODEL_NAMES, create_model, features, fold
+
+# Not in `make test-fast` (every zoo model, eagerly): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 
 def _input_shape(name):

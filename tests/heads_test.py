@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import features, heads
-from mhkd_jax.models import create_model
+from mhkd_jax.models import create_model, features, heads
 
 
 def _params(module):
@@ -72,7 +71,7 @@ def test_dih_head_parameter_count_and_cost(resnet8x4):
   cost = jax.jit(lambda f: h(f, train=False)).lower(feats).compile()
   analysis = cost.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
-  # specs/mhkd.md: 595 MMACs per image on a 64x32x32 stage.
+  # docs/methods.md: 595 MMACs per image on a 64x32x32 stage.
   macs = (30 * 30 * 9 * c * w + 28 * 28 * 9 * w * w + w * w + w * k)
   assert macs / 1e6 == pytest.approx(595, abs=1)
   assert analysis['flops'] / 2 == pytest.approx(macs, rel=0.02)

@@ -67,24 +67,26 @@ def test_streamed_train_and_eval_batches(imagenet_dir):
 
 
 def test_device_pipelines_are_refused_for_imagenet():
-  from mhkd_jax import errors, parallel  # noqa: PLC0415
   from mhkd_jax.configs import imagenet_resnet34_resnet18 as imagenet  # noqa
-  from mhkd_jax.data import inputs  # noqa: PLC0415
+  from mhkd_jax.run import errors, validation  # noqa: PLC0415
 
   config = imagenet.get_config('ce')
-  config.data.pipeline = 'device'
-  with pytest.raises(errors.ConfigError, match="pipeline='stream'"):
-    inputs.create_inputs(config, parallel.create_mesh())
+  for pipeline in ('device', 'host'):
+    config.data.pipeline = pipeline
+    with pytest.raises(errors.ConfigError, match="pipeline='stream'"):
+      validation.validate(config)
+  config.data.pipeline = 'stream'
+  validation.validate(config)
 
 
 def test_unprepared_imagenet_stops_before_compiling(tmp_path, monkeypatch):
-  from mhkd_jax import step, train  # noqa: PLC0415
+  from mhkd_jax import steps, train  # noqa: PLC0415
   from mhkd_jax.configs import imagenet_resnet34_resnet18 as imagenet  # noqa
 
   def no_compiling(**kwargs):
     raise AssertionError('compiled a step for an unprepared data set')
 
-  monkeypatch.setattr(step, 'create_train_step', no_compiling)
+  monkeypatch.setattr(steps, 'create_train_step', no_compiling)
   config = imagenet.get_config('ce')
   config.data.data_dir = str(tmp_path / 'empty')
   config.batch_size = config.eval_batch_size = 8

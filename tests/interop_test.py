@@ -1,6 +1,6 @@
 """PyTorch -> NNX import: parity of every model, and refusal of bad files.
 
-The reference is ``experiments/pytorch_baseline/models.py`` (independent
+The reference is ``tests/torch_reference/models.py`` (independent
 PyTorch ports whose state_dicts are checked here against the JSON spec of
 RepDistiller's models). Each parity test saves a randomly initialised
 PyTorch model with random BatchNorm statistics the way RepDistiller does,
@@ -31,11 +31,13 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `experiments` is not an installed package.
   sys.path.insert(0, str(_ROOT))
 
-from experiments.pytorch_baseline import models as torch_models  # noqa: E402
-from mhkd_jax import features  # noqa: E402
 from mhkd_jax.interop import repdistiller  # noqa: E402
 from mhkd_jax.models import MODEL_NAMES as JAX_MODEL_NAMES  # noqa: E402
-from mhkd_jax.models import create_model  # noqa: E402
+from mhkd_jax.models import (
+  create_model,  # noqa: E402
+  features,  # noqa: E402
+)
+from tests.torch_reference import models as torch_models  # noqa: E402
 
 # The JSON spec of RepDistiller's models (ground truth for the references):
 # in the repository's testdata if it was copied there, else the project's
@@ -218,6 +220,7 @@ def test_every_spec_model_has_a_torch_reference(spec):
 
 
 @pytest.mark.parametrize('name', torch_models.MODEL_NAMES)
+@pytest.mark.slow
 def test_import_matches_pytorch(tmp_path, name):
   if name not in JAX_MODEL_NAMES:
     pytest.skip(f'{name} has no JAX port in mhkd_jax.models yet')
@@ -409,6 +412,7 @@ class _Payload:
     return (os.makedirs, (self.marker,))
 
 
+@pytest.mark.slow
 def test_a_pickled_payload_is_refused_and_never_runs(tmp_path, resnet8):
   sd, _, _ = resnet8
   marker = tmp_path / 'payload_ran'
@@ -464,14 +468,14 @@ def test_missing_torch_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_cli_writes_loadable_teacher(tmp_path, resnet8):
-  checkpointing = pytest.importorskip('mhkd_jax.checkpointing')
+  checkpoints = pytest.importorskip('mhkd_jax.run.checkpoints')
   sd, x, ref = resnet8
   pth = _save(tmp_path / 'resnet8.pth', sd)
   workdir = tmp_path / 'teacher'
   repdistiller.main(
     ['--name', 'resnet8', '--pth', pth, '--workdir', str(workdir)]
   )
-  teacher = checkpointing.load_teacher(
+  teacher = checkpoints.load_teacher(
     str(workdir), model_name='resnet8', num_classes=100
   )
   np.testing.assert_allclose(_logits(teacher.model, x), ref, atol=LOGIT_TOL)

@@ -193,13 +193,13 @@ def test_unknown_subcommand_or_missing_settings_fail(stubs):
 
 def test_slurm_script_runs_one_multihost_process_per_gpu(stubs):
   env, calls = stubs
-  _run(SBATCH, ['cifar100_resnet32x4_resnet8x4.py:mhkd', '/shared/run',
-                '--config.teacher.init=/shared/heads'], env)
+  _run(SBATCH, ['cifar100_resnet32x4_resnet8x4.py:mhkd', '/cluster/run',
+                '--config.teacher.init=/cluster/heads'], env)
   (srun,) = calls()
   assert srun['argv'] == [
     'srun', '--kill-on-bad-exit=1', 'python3', '-m', 'mhkd_jax.main',
     '--config=mhkd_jax/configs/cifar100_resnet32x4_resnet8x4.py:mhkd',
-    '--workdir=/shared/run', '--config.teacher.init=/shared/heads',
+    '--workdir=/cluster/run', '--config.teacher.init=/cluster/heads',
   ]
   assert srun['multihost'] == '1'
   with open(SBATCH) as f:

@@ -2,7 +2,7 @@
 
 Every loss of ``mhkd_jax.losses`` for RepDistiller's methods and DKD, on
 random inputs (NHWC for JAX, NCHW for torch), against the independent
-PyTorch port in ``experiments/pytorch_baseline/distill_losses.py`` (itself
+PyTorch port in ``tests/torch_reference/distill_losses.py`` (itself
 checked against the original code when it was written): equal to float32
 precision, same-size and pooled feature pairs alike. A few cases are also
 computed by hand.
@@ -25,8 +25,8 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from experiments.pytorch_baseline import distill_losses as ref  # noqa: E402
 from mhkd_jax import losses  # noqa: E402
+from tests.torch_reference import distill_losses as ref  # noqa: E402
 
 RTOL, ATOL = 2e-5, 1e-6
 # case -> max |JAX - torch| (printed with -s).
@@ -138,6 +138,7 @@ def test_dkd_loss(alpha, beta, temperature):
                       temperature))
 
 
+@pytest.mark.slow
 def test_gradients_match_for_the_student_side():
   """The student's gradients (the teacher side is a constant)."""
   (js, ts), (jt, tt) = _maps(15, (4, 8, 8, 6)), _maps(16, (4, 4, 4, 10))

@@ -91,4 +91,4 @@ def test_accuracy_and_agreement():
   labels = jnp.array([0, 0, 0, 1])
   assert float(losses.accuracy(a, labels)) == pytest.approx(0.75)
   assert float(losses.accuracy(b, labels)) == pytest.approx(1.0)
-  assert float(losses.top1_agreement(a, b)) == pytest.approx(0.75)
+  assert float(jnp.mean(losses.agrees(a, b))) == pytest.approx(0.75)

@@ -34,16 +34,23 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from experiments.pytorch_baseline import distill_losses as ref  # noqa: E402
-from experiments.pytorch_baseline import models as torch_models  # noqa: E402
-from mhkd_jax import distill, parallel, step as step_lib  # noqa: E402
-from mhkd_jax import train_state as train_state_lib  # noqa: E402
+from mhkd_jax import (  # noqa: E402
+  distill,
+  parallel,
+  steps,
+  train_state,  # noqa: E402
+)
 from mhkd_jax.configs import test as test_config  # noqa: E402
-from mhkd_jax.data import augment, inputs  # noqa: E402
+from mhkd_jax.data import augment, input_pipeline  # noqa: E402
 from mhkd_jax.distill import crd as crd_lib  # noqa: E402
 from mhkd_jax.distill.base import DataSpec, StepContext, Teacher  # noqa
 from mhkd_jax.interop import repdistiller  # noqa: E402
 from mhkd_jax.models import create_model  # noqa: E402
+from tests.torch_reference import distill_losses as ref  # noqa: E402
+from tests.torch_reference import models as torch_models  # noqa: E402
+
+# Not in `make test-fast` (step parity against PyTorch): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 NUM_CLASSES, BATCH, STEPS, NUM_TRAIN = 10, 16, 3, 48
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -157,24 +164,24 @@ def _run(method_name):
                         weight_decay=config.weight_decay)
 
   mesh = parallel.create_mesh(1)
-  state, graphdef, tx = train_state_lib.train_state_for(
+  state, graphdef, tx = train_state.train_state_for(
     trainable, config, steps_per_epoch=STEPS, mesh=mesh,
     trained=method.trained_parameters())
-  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
-  train_step = step_lib.create_train_step(
+  t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
+  train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
-    data=data, compiler_options=step_lib.compiler_options(mesh))
+    data=data, compiler_options=steps.compiler_options(mesh))
 
   worst_term = 0.0
   for i in range(STEPS):
     rows = np.arange(i * BATCH, (i + 1) * BATCH)
     x = np.asarray(augment.normalize(images[rows], MEAN, STD))
     batch = parallel.replicate(
-      inputs.Batch(x, labels[rows], rows.astype(np.int32)), mesh)
+      input_pipeline.Batch(x, labels[rows], rows.astype(np.int32)), mesh)
     if method_name == 'crd':
       # The negatives the JAX step draws at this step, for PyTorch too.
       live = nnx.merge(graphdef, state.params, state.buffers)
-      ctx_rng = train_state_lib.method_rng(state.rng, jnp.int32(i))
+      ctx_rng = train_state.method_rng(state.rng, jnp.int32(i))
       negatives = crd_lib._draw_negatives(  # pylint: disable=protected-access
         live, batch, NCE_K, ctx_rng)
       contrast_idx = np.concatenate(

@@ -16,10 +16,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import checkpointing, distill, features, losses, train
-from mhkd_jax.configs import default, test as test_config
+from mhkd_jax import distill, losses, train
+from mhkd_jax.configs import default
+from mhkd_jax.configs import test as test_config
 from mhkd_jax.distill import base
-from mhkd_jax.models import create_model
+from mhkd_jax.models import create_model, features
+from mhkd_jax.run import checkpoints
+
+# Not in `make test-fast` (full runs of a method defined here): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 NAME = 'pooled_l2_plugin_test'
 
@@ -76,7 +81,7 @@ def plugin(monkeypatch):
 
 def _saved(workdir, step):
   """The checkpoint of ``step`` as {'part/…/leaf': array}."""
-  tree = checkpointing.TrainCheckpointer(
+  tree = checkpoints.TrainCheckpointer(
     workdir, max_to_keep=2)._manager.restore(step)
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {
@@ -138,5 +143,5 @@ def test_a_method_defined_in_a_test_trains_saves_resumes_and_exports(
   before = _saved(workdir, num_steps - 2)['params/regressor/kernel/value']
   assert kernel.shape == (64, 64) and not np.allclose(kernel, before)
   # The default export: the student, loadable as a teacher.
-  exported = checkpointing.load_teacher(workdir)
+  exported = checkpoints.load_teacher(workdir)
   assert exported.name == 'resnet8' and exported.heads is None

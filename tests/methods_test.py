@@ -13,9 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from mhkd_jax import checkpointing, distill, train
-from mhkd_jax import step as step_lib
+from mhkd_jax import distill, steps, train
 from mhkd_jax.configs import test as test_config
+from mhkd_jax.run import checkpoints
+
+# Not in `make test-fast` (a full run of every method): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 # method -> the term its loss adds (beside ce and kd/logits).
 METHOD_TERMS = {
@@ -35,7 +38,7 @@ def test_every_benchmark_method_is_registered():
 
 
 def _latest(workdir):
-  saved = checkpointing.TrainCheckpointer(workdir, max_to_keep=2)
+  saved = checkpoints.TrainCheckpointer(workdir, max_to_keep=2)
   return saved.restore(saved.latest_step(), None)
 
 
@@ -43,7 +46,7 @@ def _latest(workdir):
 def teacher_states(monkeypatch):
   """The teacher state each train step is called with, first and last."""
   seen = []
-  original = step_lib.create_train_step
+  original = steps.create_train_step
 
   def create(**kwargs):
     real_step = original(**kwargs)
@@ -54,7 +57,7 @@ def teacher_states(monkeypatch):
 
     return step
 
-  monkeypatch.setattr(step_lib, 'create_train_step', create)
+  monkeypatch.setattr(steps, 'create_train_step', create)
   return seen
 
 
@@ -90,7 +93,7 @@ def test_method_trains_and_keeps_the_teacher(
   first, last = teacher_states[0], teacher_states[-1]
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(last)):
     np.testing.assert_array_equal(a, b)
-  exported = checkpointing.load_teacher(workdir)
+  exported = checkpoints.load_teacher(workdir)
   assert exported.name == config.model
 
   if method == 'ft':
@@ -107,7 +110,7 @@ def test_method_trains_and_keeps_the_teacher(
     assert 'fc' not in phase['params']['student']
     assert 'fc' in phase['buffers']['student']
   if method.startswith('crd'):
-    saved = checkpointing.TrainCheckpointer(workdir, max_to_keep=2)
+    saved = checkpoints.TrainCheckpointer(workdir, max_to_keep=2)
     tree = saved.restore(saved.latest_step(), None)
     memory = np.asarray(tree['buffers']['memory_s']['value'])
     norms = np.linalg.norm(memory, axis=1)
@@ -119,7 +122,7 @@ def test_method_trains_and_keeps_the_teacher(
 def test_a_crd_memory_of_another_data_set_size_is_refused(
   mock_cifar100, resnet8_teacher_dir, tmp_path
 ):
-  from mhkd_jax import errors, workdir as workdir_lib  # noqa: PLC0415
+  from mhkd_jax.run import errors, records  # noqa: PLC0415
 
   config = test_config.get_config()
   config.method = 'crd'
@@ -134,7 +137,7 @@ def test_a_crd_memory_of_another_data_set_size_is_refused(
   with pytest.raises(errors.WorkdirError,
                      match=r'config.data.num_train_examples: 64 there, 32'):
     train.train_and_evaluate(config, workdir)
-  os.remove(os.path.join(workdir, workdir_lib.CONFIG))
+  os.remove(os.path.join(workdir, records.CONFIG))
   with pytest.raises(errors.WorkdirError,
                      match=r'buffers/memory_s/value \(64, 128\) vs '
                      r'\(32, 128\)'):

@@ -19,11 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax.models import MODEL_NAMES
-from mhkd_jax.models import create_model
-from mhkd_jax.models import layers
-from mhkd_jax.models import vgg
-from mhkd_jax.models import wrn
+from mhkd_jax.models import MODEL_NAMES, create_model, layers, vgg, wrn
 
 _SPEC_NAME = 'repdistiller_models.json'
 _REPO = pathlib.Path(__file__).resolve().parents[1]

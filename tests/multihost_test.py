@@ -27,9 +27,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import checkpointing, train
-from mhkd_jax.data import datasets
+from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
+from mhkd_jax.data import datasets
+from mhkd_jax.run import checkpoints
+
+# Not in `make test-fast` (several processes per test): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROCESSES = 2
@@ -158,7 +162,7 @@ def _run_job(workdir, overrides, tmp_path, name) -> Job:
 
 
 def _exported_params(workdir):
-  teacher = checkpointing.load_teacher(workdir)
+  teacher = checkpoints.load_teacher(workdir)
   return jax.tree.leaves(nnx.state(teacher.model, nnx.Param)) + (
     jax.tree.leaves(nnx.state(teacher.heads, nnx.Param))
     if teacher.heads is not None else []

@@ -7,6 +7,9 @@ import zipfile
 
 import pytest
 
+# Not in `make test-fast` (builds a wheel): docs/testing.md.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,10 +52,10 @@ def test_demo_imports_and_answers_help_outside_the_repository(
 ):
   _, site = installed
   proc = _run(site, tmp_path, '-c',
-              'import mhkd_jax, mhkd_jax.demo; print(mhkd_jax.__file__)')
+              'import mhkd_jax, mhkd_jax.tools.demo; print(mhkd_jax.__file__)')
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip().startswith(site)
-  proc = _run(site, tmp_path, '-m', 'mhkd_jax.demo', '--help')
+  proc = _run(site, tmp_path, '-m', 'mhkd_jax.tools.demo', '--help')
   # absl prints the usage and exits with status 1 after --help.
   assert proc.returncode in (0, 1) and 'Traceback' not in proc.stderr, (
     proc.stderr

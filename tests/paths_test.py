@@ -18,9 +18,8 @@ from etils import epath
 from etils.epath import gpath as epath_gpath
 from etils.epath import testing as epath_testing
 
-from mhkd_jax import checkpointing, cli, errors, paths
-from mhkd_jax import workdir as workdir_lib
 from mhkd_jax.configs import test as test_config
+from mhkd_jax.run import checkpoints, cli, errors, paths, records
 
 RUN = 'gs://bucket/runs/r1'
 
@@ -66,8 +65,8 @@ def test_absolute_keeps_uris_and_anchors_local_paths(tmp_path, monkeypatch):
 def test_run_record_on_a_bucket(bucket):
   config = test_config.get_config()
   paths.makedirs(RUN)
-  assert workdir_lib.check_config(RUN, config) == {}
-  workdir_lib.record_config(RUN, config, {}, step=0)
+  assert records.check_config(RUN, config) == {}
+  records.record_config(RUN, config, {}, step=0)
   run = bucket / 'bucket/runs/r1'
   saved = json.loads((run / 'config.json').read_text())
   assert saved['model'] == config.model
@@ -76,21 +75,21 @@ def test_run_record_on_a_bucket(bucket):
   for epochs in (3, 4):
     config.unlock()
     config.num_epochs = epochs
-    changes = workdir_lib.check_config(RUN, config)
+    changes = records.check_config(RUN, config)
     assert changes == {'num_epochs': [2, epochs]}
-    workdir_lib.record_config(RUN, config, changes, step=8)
+    records.record_config(RUN, config, changes, step=8)
   lines = (run / 'config_changes.jsonl').read_text().splitlines()
   assert [json.loads(x)['changes']['num_epochs'][1] for x in lines] == [3, 4]
   # A change of experiment is refused, reading config.json from the bucket.
   config.model = 'resnet14'
   with pytest.raises(errors.WorkdirError, match="'resnet8' there"):
-    workdir_lib.check_config(RUN, config)
+    records.check_config(RUN, config)
 
   history = [{'step': 4, 'epoch': 1, 'eval/acc': 0.5},
              {'step': 8, 'epoch': 2, 'eval/acc': 0.6}]
-  workdir_lib.write_history(RUN, history)
-  assert workdir_lib.read_history(RUN, start_step=4) == history[:1]
-  workdir_lib.write_results(RUN, {'final': {'eval/acc': 0.6}})
+  records.write_history(RUN, history)
+  assert records.read_history(RUN, start_step=4) == history[:1]
+  records.write_results(RUN, {'final': {'eval/acc': 0.6}})
   assert json.loads((run / 'results.json').read_text())['final'] == {
     'eval/acc': 0.6}
   # No temporary file is left behind.
@@ -105,18 +104,18 @@ def test_teacher_metadata_and_install_on_a_bucket(bucket):
   (partial / 'state' / 'weights').write_text('w')
   meta = {'model': 'resnet8', 'num_classes': 10, 'heads': None,
           'input_shape': [1, 32, 32, 1]}
-  (partial / checkpointing.TEACHER_META).write_text(json.dumps(meta))
-  checkpointing._install_teacher(str(partial), f'{RUN}/export')
+  (partial / checkpoints.TEACHER_META).write_text(json.dumps(meta))
+  checkpoints._install_teacher(str(partial), f'{RUN}/export')
   export = bucket / 'bucket/runs/r1/export'
   assert (export / 'state' / 'weights').read_text() == 'w'
   assert not (bucket / 'bucket/runs/r1/export.partial').exists()
   # A run's workdir on the bucket is accepted as config.teacher.init.
-  found = checkpointing.resolve_teacher_dir(RUN)
+  found = checkpoints.resolve_teacher_dir(RUN)
   assert found == f'{RUN}/export'
-  assert checkpointing._read_teacher_meta(found)['num_classes'] == 10
-  with pytest.raises(checkpointing.TeacherCheckpointError,
+  assert checkpoints._read_teacher_meta(found)['num_classes'] == 10
+  with pytest.raises(checkpoints.TeacherCheckpointError,
                      match='gs://bucket/elsewhere'):
-    checkpointing.resolve_teacher_dir('gs://bucket/elsewhere')
+    checkpoints.resolve_teacher_dir('gs://bucket/elsewhere')
 
 
 def test_log_of_a_bucket_workdir_is_kept_locally_then_copied(
@@ -149,9 +148,9 @@ def test_log_of_a_bucket_workdir_is_kept_locally_then_copied(
 
 
 def test_results_table_of_a_sweep_root_on_a_bucket(bucket):
-  """`python -m mhkd_jax.results gs://...` reads the runs a pod wrote there
+  """`python -m mhkd_jax.tools.results gs://...` reads the runs a pod wrote there
   and writes the table, the CSV and the curves beside them."""
-  from mhkd_jax import results  # noqa: PLC0415
+  from mhkd_jax.tools import results  # noqa: PLC0415
 
   root = 'gs://bucket/sweep'
   config = {'method': 'kd', 'model': 'resnet8x4', 'seed': 0,
@@ -162,15 +161,15 @@ def test_results_table_of_a_sweep_root_on_a_bucket(bucket):
   for seed, acc in ((0, 0.8), (1, 0.7)):
     workdir = paths.join(root, f'kd/seed={seed}')
     paths.makedirs(workdir)
-    workdir_lib.write_json(paths.join(workdir, 'config.json'),
+    records.write_json(paths.join(workdir, 'config.json'),
                            {**config, 'seed': seed})
-    workdir_lib.write_json(paths.join(workdir, 'results.json'), {
+    records.write_json(paths.join(workdir, 'results.json'), {
       'method': 'kd', 'model': 'resnet8x4', 'teacher': 'resnet32x4',
       'data': 'cifar100', 'seed': seed, 'final': {'eval/acc': acc},
       'best_eval_acc': acc, 'history': history,
     })
   paths.makedirs(paths.join(root, 'crd/seed=0'))
-  workdir_lib.write_json(paths.join(root, 'crd/seed=0/config.json'),
+  records.write_json(paths.join(root, 'crd/seed=0/config.json'),
                          {**config, 'method': 'crd'})
 
   text = results.write_report(root)
@@ -187,7 +186,7 @@ def test_results_table_of_a_sweep_root_on_a_bucket(bucket):
 def test_sweep_scripts_for_a_bucket_root(bucket):
   """A pod's sweep: the manifest and launch scripts are written under the
   gs:// root and name gs:// workdirs."""
-  from mhkd_jax import sweep  # noqa: PLC0415
+  from mhkd_jax.tools import sweep  # noqa: PLC0415
 
   sweep.run_sweep(test_config.get_config(), 'gs://bucket/sw', 'seed=0,1',
                   'scripts', ['--config=configs/test.py'])

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import features, heads, losses, precision
-from mhkd_jax.models import create_model
+from mhkd_jax import losses
+from mhkd_jax.configs import test as test_config
+from mhkd_jax.models import create_model, features, heads, precision
+from mhkd_jax.run import errors, validation
+
+# Not in `make test-fast` (bf16 runs beside float32 ones): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 NUM_CLASSES = 10
 
@@ -37,8 +42,11 @@ def _loss(model, aux, x, y):
 
 
 def test_unknown_compute_dtype_names_the_valid_ones():
-  with pytest.raises(ValueError, match='float32, bfloat16'):
-    precision.compute_dtype('float16')
+  config = test_config.get_config()
+  config.compute_dtype = 'float16'
+  with pytest.raises(errors.ConfigError,
+                     match="compute_dtype='float16'.*float32, bfloat16"):
+    validation.validate(config)
 
 
 def test_bfloat16_activations_float32_parameters_and_statistics():

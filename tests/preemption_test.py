@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from mhkd_jax import preemption
+from mhkd_jax.run import preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,7 @@ _WORKER = textwrap.dedent('''
   import jax
   port, pid = sys.argv[1], int(sys.argv[2])
   jax.distributed.initialize(f'localhost:{port}', 2, pid)
-  from mhkd_jax import preemption
+  from mhkd_jax.run import preemption
   with preemption.PreemptionWatcher() as watcher:
     for step in range(1, 3000):
       time.sleep(0.01 * (1 + pid))

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from mhkd_jax import progress
+from mhkd_jax.run import progress
 
 
 class _Terminal(io.StringIO):

@@ -35,17 +35,27 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `experiments` is not an installed package.
   sys.path.insert(0, str(_ROOT))
 
-from experiments.pytorch_baseline import heads as torch_heads  # noqa: E402
-from experiments.pytorch_baseline import models as torch_models  # noqa: E402
-from experiments.pytorch_baseline import train_step as torch_step  # noqa: E402
-from mhkd_jax import distill, fold, heads, parallel  # noqa: E402
-from mhkd_jax import step as step_lib  # noqa: E402
-from mhkd_jax import train_state as train_state_lib  # noqa: E402
+from mhkd_jax import (  # noqa: E402
+  distill,
+  parallel,
+  steps,  # noqa: E402
+  train_state,  # noqa: E402
+)
 from mhkd_jax.configs import test as test_config  # noqa: E402
-from mhkd_jax.data import augment, inputs  # noqa: E402
+from mhkd_jax.data import augment, input_pipeline  # noqa: E402
 from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: E402
 from mhkd_jax.interop import repdistiller  # noqa: E402
-from mhkd_jax.models import create_model  # noqa: E402
+from mhkd_jax.models import (  # noqa: E402
+  create_model,  # noqa: E402
+  fold,
+  heads,
+)
+from tests.torch_reference import heads as torch_heads  # noqa: E402
+from tests.torch_reference import models as torch_models  # noqa: E402
+from tests.torch_reference import train_step as torch_step  # noqa: E402
+
+# Not in `make test-fast` (step parity against PyTorch): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 NUM_CLASSES = 10
 BATCH = 16
@@ -248,16 +258,16 @@ def _run_case(case):
       for role in torch_trained
     }
     mesh = parallel.create_mesh(1)
-    state, graphdef, tx = train_state_lib.train_state_for(
+    state, graphdef, tx = train_state.train_state_for(
       trainable, config, steps_per_epoch=STEPS, mesh=mesh
     )
     if folded:
       teacher = fold.folded_teacher(teacher, INPUT_SHAPE)
-    t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
+    t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
     images, labels = _data()
-    train_step = step_lib.create_train_step(
+    train_step = steps.create_train_step(
       method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
-      data=DATA, compiler_options=step_lib.compiler_options(mesh),
+      data=DATA, compiler_options=steps.compiler_options(mesh),
     )
     counts, hooks = {}, []
     j_metrics, t_metrics = [], []
@@ -265,7 +275,7 @@ def _run_case(case):
       sl = slice(i * BATCH, (i + 1) * BATCH)
       x = np.asarray(augment.normalize(images[sl], MEAN, STD))
       batch = parallel.replicate(
-        inputs.Batch(x, labels[sl], np.arange(sl.start, sl.stop)), mesh
+        input_pipeline.Batch(x, labels[sl], np.arange(sl.start, sl.stop)), mesh
       )
       state, metrics = train_step(state, batch, t_state)
       j_metrics.append(jax.device_get(metrics))
@@ -388,10 +398,10 @@ def test_learning_rate_schedule_matches_repdistiller_sgd():
   config = test_config.get_config()
   config.num_epochs = 240
   steps_per_epoch = 2
-  decay_epochs = train_state_lib.lr_decay_epochs(config)
+  decay_epochs = train_state.lr_decay_epochs(config)
   assert decay_epochs == (150, 180, 210)
-  lr_fn = train_state_lib.create_learning_rate_fn(config, steps_per_epoch)
-  tx = train_state_lib.create_optimizer(config, steps_per_epoch)
+  lr_fn = train_state.create_learning_rate_fn(config, steps_per_epoch)
+  tx = train_state.create_optimizer(config, steps_per_epoch)
 
   w0 = np.linspace(-1.0, 1.0, 5).astype(np.float32)
   t_w = torch.nn.Parameter(torch.from_numpy(w0.copy()))

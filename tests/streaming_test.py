@@ -16,6 +16,9 @@ from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
 from mhkd_jax.data import datasets, streaming
 
+# Not in `make test-fast` (grain workers and full runs): docs/testing.md.
+pytestmark = pytest.mark.slow
+
 BATCH = 16
 
 

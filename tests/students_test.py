@@ -8,20 +8,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import distill, errors, parallel, step as step_lib, students
-from mhkd_jax import train, workdir as workdir_lib
-from mhkd_jax import train_state as train_state_lib
+from mhkd_jax import distill, parallel, steps, students, train, train_state
 from mhkd_jax.configs import test as test_config
-from mhkd_jax.data import datasets, inputs
+from mhkd_jax.data import datasets, input_pipeline
 from mhkd_jax.distill import base
 from mhkd_jax.distill.base import DataSpec, Teacher
 from mhkd_jax.models import create_model
+from mhkd_jax.run import errors, records
+
+# Not in `make test-fast` (several students: full runs and multi-student steps): docs/testing.md.
+pytestmark = pytest.mark.slow
 
 NUM_CLASSES = 10
 NUM_EXAMPLES = 64
 BATCH = 16
 STEPS = 3
-PREPROCESSING = inputs.Preprocessing(
+PREPROCESSING = input_pipeline.Preprocessing(
   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_padding=4,
   random_flip=True,
 )
@@ -64,18 +66,18 @@ def _train(config, data_seed, evaluate=False):
   mesh = parallel.create_mesh(1)
   method = distill.create_method(config)
   teacher = _teacher()
-  state, graphdef, tx = students.create_train_state(
+  state, graphdef, tx = train_state.create_train_state(
     config, method, teacher=teacher, data=DATA, mesh=mesh
   )
-  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
-  train_step = step_lib.create_train_step(
+  t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
+  train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
-    data=DATA, compiler_options=step_lib.compiler_options(mesh),
+    data=DATA, compiler_options=steps.compiler_options(mesh),
     num_students=config.num_students,
     share_data=config.students_share_data,
     students_loop=config.students_loop,
   )
-  train_input = inputs.DeviceResidentInput(
+  train_input = input_pipeline.DeviceResidentInput(
     _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
   )
   if config.num_students > 1 and not config.students_share_data:
@@ -83,8 +85,8 @@ def _train(config, data_seed, evaluate=False):
       train_input, state, 0, config.num_students, False
     )
   else:
-    batches = train_input.batches(0, train_state_lib.data_rng(
-      train_state_lib.base_rng(data_seed)))
+    batches = train_input.batches(0, train_state.data_rng(
+      train_state.base_rng(data_seed)))
   losses = []
   for _, batch in zip(range(STEPS), batches):
     state, metrics = train_step(state, batch, t_state)
@@ -92,12 +94,12 @@ def _train(config, data_seed, evaluate=False):
   result = jax.device_get(state), np.stack(losses, axis=-1)
   if not evaluate:
     return result
-  eval_step = step_lib.create_eval_step(
+  eval_step = steps.create_eval_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
-    compiler_options=step_lib.compiler_options(mesh),
+    compiler_options=steps.compiler_options(mesh),
     num_students=config.num_students, students_loop=config.students_loop,
   )
-  eval_input = inputs.DeviceResidentEvalInput(
+  eval_input = input_pipeline.DeviceResidentEvalInput(
     _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
   )
   batch = next(eval_input.batches())
@@ -108,11 +110,11 @@ def _assert_student_equals(stacked, k, one, atol=1e-5):
   state, loss = stacked[:2]
   one_state, one_loss = one[:2]
   np.testing.assert_allclose(loss[k], one_loss, rtol=1e-5, atol=1e-6)
-  mine = students.unstack(state.params, k)
+  mine = train_state.unstack(state.params, k)
   for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(one_state.params),
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
-  for a, b in zip(jax.tree.leaves(students.unstack(state.buffers, k)),
+  for a, b in zip(jax.tree.leaves(train_state.unstack(state.buffers, k)),
                   jax.tree.leaves(one_state.buffers), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
 
@@ -137,7 +139,7 @@ def test_student_k_of_shared_data_run_equals_one_student_run(method):
     sums, one_sums = stacked[2], one[2]
     assert sums.keys() == one_sums.keys()
     # The online teacher heads are scored (the teacher ran in the step).
-    assert step_lib.accuracy_metric(f'{base.TEACHER}/stage1') in sums
+    assert steps.accuracy_metric(f'{base.TEACHER}/stage1') in sums
     for key in sums:
       np.testing.assert_allclose(sums[key][k], one_sums[key], rtol=1e-5,
                                  atol=1e-5, err_msg=key)
@@ -264,20 +266,20 @@ def test_workdir_refuses_another_number_of_students(two_students,
   config = _run_config(resnet8_teacher_dir, num_students=3,
                        students_share_data=False)
   with pytest.raises(errors.WorkdirError, match='num_students'):
-    workdir_lib.check_config(workdir, config)
+    records.check_config(workdir, config)
 
 
 def test_a_run_recorded_before_num_students_resumes_as_one_student(
   tmp_path, resnet8_teacher_dir
 ):
   config = _run_config(resnet8_teacher_dir)
-  old = workdir_lib.config_as_json(config)
+  old = records.config_as_json(config)
   del old['num_students'], old['students_share_data']
-  workdir_lib.write_json(str(tmp_path / 'config.json'), old)
-  assert workdir_lib.check_config(str(tmp_path), config) == {}
+  records.write_json(str(tmp_path / 'config.json'), old)
+  assert records.check_config(str(tmp_path), config) == {}
   config.num_students = 2
   with pytest.raises(errors.WorkdirError, match='num_students'):
-    workdir_lib.check_config(str(tmp_path), config)
+    records.check_config(str(tmp_path), config)
 
 
 def test_students_after_a_preliminary_phase_equal_one_student_runs(
@@ -295,7 +297,7 @@ def test_students_after_a_preliminary_phase_equal_one_student_runs(
   two = train.train_and_evaluate(
     config(num_students=2, students_share_data=False), str(tmp_path / 'two')
   )
-  phase = workdir_lib.read_json(
+  phase = records.read_json(
     str(tmp_path / 'two' / 'preliminary' / 'results.json'))
   assert phase['num_students'] == 2
   for k, seed in enumerate((0, 1)):

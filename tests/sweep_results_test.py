@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from mhkd_jax import errors, results, sweep, workdir as workdir_lib
 from mhkd_jax.configs import test as test_config
+from mhkd_jax.run import errors, records
+from mhkd_jax.tools import results, sweep
 
 
 def test_grid_expands_zipped_pairs_times_methods_times_seeds():
@@ -47,7 +48,7 @@ def test_scripts_mode_writes_one_launch_script_per_run(tmp_path):
               '--config.method=kd', '--config.seed=1',
               f'--workdir={tmp_path}/method=kd/seed=1'):
     assert arg in text
-  manifest = workdir_lib.read_json(str(tmp_path / 'sweep.json'))
+  manifest = records.read_json(str(tmp_path / 'sweep.json'))
   assert [e['workdir'] for e in manifest['runs']][0] == os.path.join(
     'method=ce', 'seed=0')
   assert not os.path.exists(tmp_path / 'method=ce')  # nothing ran
@@ -62,7 +63,7 @@ def _fake_run(root, rel, *, method, seeds_accs, num_students=1,
   config = {'method': method, 'model': 'resnet8x4', 'seed': 0,
             'num_students': num_students,
             'teacher': {'model': 'resnet32x4'}, 'data': {'name': 'cifar100'}}
-  workdir_lib.write_json(os.path.join(workdir, 'config.json'), config)
+  records.write_json(os.path.join(workdir, 'config.json'), config)
   if not finished:
     return
   history = [{'step': e, 'epoch': e, 'eval/acc': 0.5 + 0.01 * e}
@@ -80,7 +81,7 @@ def _fake_run(root, rel, *, method, seeds_accs, num_students=1,
     for k in range(num_students):
       for h in history:
         h[f'student{k}/eval/acc'] = h['eval/acc'] + 0.01 * k
-  workdir_lib.write_json(os.path.join(workdir, 'results.json'), res)
+  records.write_json(os.path.join(workdir, 'results.json'), res)
 
 
 def test_table_has_mean_std_of_every_student_and_seed_and_marks_missing(
@@ -91,7 +92,7 @@ def test_table_has_mean_std_of_every_student_and_seed_and_marks_missing(
   _fake_run(root, 'kd/seed=1', method='kd', num_students=2,
             seeds_accs={1: (0.74, 0.75), 2: (0.78, 0.80)})
   _fake_run(root, 'crd/seed=0', method='crd', seeds_accs={}, finished=False)
-  workdir_lib.write_json(os.path.join(root, 'sweep.json'), {'runs': [
+  records.write_json(os.path.join(root, 'sweep.json'), {'runs': [
     {'workdir': 'kd/seed=0', 'overrides': {}, 'config': {}},
     {'workdir': 'ce/seed=0', 'overrides': {'method': 'ce'}, 'config': {
       'method': 'ce', 'model': 'resnet8x4', 'seed': 0, 'num_students': 1,

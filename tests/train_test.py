@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import checkpointing, train
+from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
 from mhkd_jax.models import create_model
+from mhkd_jax.run import checkpoints
 
 NUM_CLASSES = 100  # mock cifar100
 
@@ -44,7 +45,7 @@ def _config(teacher_dir, method='mhkd'):
 
 
 def _exported_params(workdir):
-  teacher = checkpointing.load_teacher(workdir)
+  teacher = checkpoints.load_teacher(workdir)
   return jax.tree.leaves(nnx.state(teacher.model, nnx.Param)) + (
     jax.tree.leaves(nnx.state(teacher.heads, nnx.Param))
   )
@@ -75,6 +76,7 @@ def test_writes_results_json_with_every_metric(uninterrupted):
     assert key in saved['train']
 
 
+@pytest.mark.slow
 def test_killed_and_restarted_equals_uninterrupted(
   uninterrupted, mock_cifar, teacher_dir, tmp_path, disrupt_train_step
 ):
@@ -83,7 +85,7 @@ def test_killed_and_restarted_equals_uninterrupted(
   disrupt_train_step(at_call=6, action=_kill)  # after the step-4 checkpoint
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, workdir)
-  assert checkpointing.TrainCheckpointer(
+  assert checkpoints.TrainCheckpointer(
     workdir, max_to_keep=2).latest_step() == 4
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
   disrupt_train_step.restore()
@@ -96,6 +98,7 @@ def test_killed_and_restarted_equals_uninterrupted(
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops_then_a_new_run_is_not_stopped(
   uninterrupted, mock_cifar, teacher_dir, tmp_path, disrupt_train_step
 ):
@@ -105,7 +108,7 @@ def test_sigterm_saves_and_stops_then_a_new_run_is_not_stopped(
   workdir = str(tmp_path)
   out = train.train_and_evaluate(config, workdir)
   assert out == {'preempted': True, 'step': 3}
-  assert checkpointing.TrainCheckpointer(
+  assert checkpoints.TrainCheckpointer(
     workdir, max_to_keep=2).latest_step() == 3
   # The run's handler is gone and its flag with it: the next run in this
   # process resumes at step 3 and finishes like an uninterrupted run.
@@ -117,6 +120,7 @@ def test_sigterm_saves_and_stops_then_a_new_run_is_not_stopped(
   assert resumed['train'] == pytest.approx(expected['train'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_host_fed_input_trains_exactly_like_the_resident_one(
   uninterrupted, mock_cifar, teacher_dir, tmp_path
 ):
@@ -133,6 +137,7 @@ def test_host_fed_input_trains_exactly_like_the_resident_one(
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(
   mock_cifar, teacher_dir, tmp_path
 ):
@@ -142,15 +147,16 @@ def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(
   config.checkpoint.every_steps = 1
   with pytest.raises(train.NonFiniteLossError, match='learning_rate'):
     train.train_and_evaluate(config, str(tmp_path))
-  latest = checkpointing.TrainCheckpointer(
+  latest = checkpoints.TrainCheckpointer(
     str(tmp_path), max_to_keep=2).latest_step()
   if latest is not None:  # whatever was saved is finite
-    restored = checkpointing.TrainCheckpointer(
+    restored = checkpoints.TrainCheckpointer(
       str(tmp_path), max_to_keep=2)._manager.restore(latest)
     assert all(np.all(np.isfinite(x))
                for x in jax.tree.leaves(restored['params']))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_like_float32_and_saves_float32(
   uninterrupted, teacher_dir, tmp_path
 ):

@@ -4,24 +4,26 @@
       --workdir=runs/cifar100/PAIR/METHOD
 
 PAIR is ``teacher-student`` (``resnet32x4-resnet8x4``, ``vgg13-MobileNetV2``,
-... the 13 of ``PAIRS``); METHOD is ``ce`` (the student alone), ``kd``,
-``fitnet``, ``at``, ``sp``, ``cc``, ``vid``, ``rkd``, ``pkt``, ``ab``,
-``ft``, ``fsp``, ``nst``, ``crd``, ``crd_kd``, ``dkd``, ``fit_teacher_heads`` (MHKD
-phase 1) or ``mhkd``. ``configs/cifar100.py:TEACHER`` trains a teacher.
+... the 13 of ``PAIRS``); METHOD is any registered method (``ce``: the
+student alone, ``kd``, ``fitnet``, ... ``dkd``, ``fit_teacher_heads``: MHKD
+phase 1, ``mhkd``). ``configs/cifar100.py:TEACHER`` trains a teacher.
 RepDistiller's recipe throughout: 240 epochs, batch 64, SGD 0.05 (0.01
 for MobileNetV2, ShuffleV1 and ShuffleV2 students), momentum 0.9, weight
 decay 5e-4, x0.1 after epochs 150, 180, 210; each method's weights are
 its defaults (RepDistiller's scripts; DKD: mdistiller's, beta per pair).
+docs/benchmark.md has the recipe and the published numbers with their
+sources.
 
-Teachers are read from ``runs/cifar100/<teacher>`` (train them with the
-teacher config, or import RepDistiller's with ``python -m
-mhkd_jax.interop.repdistiller``), MHKD's teacher heads from
-``runs/cifar100/<teacher>_heads`` (the ``fit_teacher_heads`` run of any pair
-with that teacher); override with ``--config.teacher.init``. ``PUBLISHED``
-holds each cell's published top-1 (last epoch; RepDistiller's README for
-the CRD table, CRD+KD from giakoumoglou/distillers, mdistiller's README for
-DKD; ``../shared/reference/results.md``), keyed ``(PAIR, METHOD)`` (and
-``(TEACHER, 'teacher')``), None where the literature reports none.
+Workdirs follow ``configs/distillation.py``: teachers are read from
+``runs/cifar100/<teacher>`` (train them with the teacher config, or import
+RepDistiller's with ``python -m mhkd_jax.interop.repdistiller``), MHKD's
+teacher heads from ``runs/cifar100/<teacher>_heads`` (the
+``fit_teacher_heads`` run of any pair with that teacher); override with
+``--config.teacher.init``. ``PUBLISHED`` holds each cell's published top-1
+(last epoch; RepDistiller's README for the CRD table, CRD+KD from
+giakoumoglou/distillers, mdistiller's README for DKD), keyed ``(PAIR,
+METHOD)`` (and ``(TEACHER, 'teacher')``), None where the literature
+reports none.
 
   python -m mhkd_jax.data.prepare --dataset=cifar100      # once
   C=configs/cifar100.py
@@ -31,10 +33,10 @@ DKD; ``../shared/reference/results.md``), keyed ``(PAIR, METHOD)`` (and
       --workdir=runs/cifar100/resnet32x4-resnet8x4/crd
 """
 
-from mhkd_jax import errors
-from mhkd_jax.configs import default
+from mhkd_jax.configs import distillation
+from mhkd_jax.run import errors
 
-RUNS_DIR = 'runs/cifar100'
+DATA = 'cifar100'
 
 # (teacher, student): the CRD table's same- and cross-architecture pairs.
 PAIRS = (
@@ -45,10 +47,7 @@ PAIRS = (
   ('ResNet50', 'vgg8'), ('resnet32x4', 'ShuffleV1'),
   ('resnet32x4', 'ShuffleV2'), ('wrn_40_2', 'ShuffleV1'),
 )
-METHODS = (
-  'ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt', 'ab', 'ft',
-  'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'fit_teacher_heads', 'mhkd',
-)
+METHODS = distillation.methods()
 TEACHERS = tuple(sorted({t for t, _ in PAIRS}))
 # RepDistiller's train_student.py: 0.01 for these students.
 LOW_LR_STUDENTS = ('MobileNetV2', 'ShuffleV1', 'ShuffleV2')
@@ -95,7 +94,7 @@ def _parse(arg: str):
   """'resnet32x4-resnet8x4,crd' -> (teacher, student, method); a teacher
   name alone -> (teacher, None, 'teacher')."""
   if arg in TEACHERS:
-    return arg, None, 'teacher'
+    return arg, None, distillation.TEACHER
   pair, _, method = arg.partition(',')
   teacher, _, student = pair.partition('-')
   if (teacher, student) not in PAIRS or method not in METHODS:
@@ -110,22 +109,12 @@ def _parse(arg: str):
 
 def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
   teacher, student, method = _parse(arg)
-  config = default.get_config()
-  config.data.name = 'cifar100'
-  if method == 'teacher':
-    config.method = 'ce'
-    config.model = teacher
+  config = distillation.distillation_config(
+    data=DATA, teacher=teacher, student=student, run=method
+  )
+  if method == distillation.TEACHER:
     return config
-  config.method = method
-  config.model = student
   if student in LOW_LR_STUDENTS:
     config.learning_rate = 0.01
-  if method != 'ce':
-    config.teacher.model = teacher
-    config.teacher.init = f'{RUNS_DIR}/{teacher}'
   config.dkd.beta = DKD_BETA.get((teacher, student), 8.0)
-  # MHKD phase 1 and 2 with the paper-reading 'dih' heads on both sides.
-  config.fit_teacher_heads.head = config.mhkd.head = 'dih'
-  if method == 'mhkd':
-    config.teacher.init = f'{RUNS_DIR}/{teacher}_heads'
   return config

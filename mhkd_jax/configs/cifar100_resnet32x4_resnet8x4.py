@@ -12,6 +12,7 @@ SGD 0.05 momentum 0.9, wd 5e-4, x0.1 after epochs 150/180/210):
   mhkd_online    MHKD with teacher heads trained online
   mhkd_dih       the DIH-repo reading: online heads, alpha 0.1, beta 0.5
                  (w_ce 0.9, w_kd 0.1, w_head 0.05, w_head_ce 9)
+  any other method, as configs/cifar100.py:resnet32x4-resnet8x4,METHOD
 
 Published numbers are last-epoch top-1 (RepDistiller README); MHKD has no
 published number for this pair: the MHKD paper's table is not public.
@@ -19,59 +20,41 @@ Prepare the data once (needs the internet):
 
   python -m mhkd_jax.data.prepare --dataset=cifar100
 
-then, in order (each command resumes if re-run):
+then, in order (each command resumes if re-run; the workdirs are
+``configs/distillation.py``'s, which the teacher paths default to):
 
   C=configs/cifar100_resnet32x4_resnet8x4.py
-  python -m mhkd_jax.main --config=$C:teacher --workdir=runs/r32x4
+  R=runs/cifar100
+  python -m mhkd_jax.main --config=$C:teacher --workdir=$R/resnet32x4
   python -m mhkd_jax.main --config=$C:fit_teacher_heads \
-      --workdir=runs/r32x4_heads
-  python -m mhkd_jax.main --config=$C:mhkd --workdir=runs/r8x4_mhkd
-  python -m mhkd_jax.main --config=$C:kd --workdir=runs/r8x4_kd
+      --workdir=$R/resnet32x4_heads
+  python -m mhkd_jax.main --config=$C:mhkd \
+      --workdir=$R/resnet32x4-resnet8x4/mhkd
+  python -m mhkd_jax.main --config=$C:kd --workdir=$R/resnet32x4-resnet8x4/kd
 
-Default teacher paths follow these workdirs; override with
---config.teacher.init=DIR (e.g. a RepDistiller teacher imported with
-``python -m mhkd_jax.interop.repdistiller``).
+Override the teacher with --config.teacher.init=DIR (e.g. a RepDistiller
+teacher imported with ``python -m mhkd_jax.interop.repdistiller``).
 """
 
-from mhkd_jax import errors
-from mhkd_jax.configs import default
+from mhkd_jax.configs import cifar100, distillation
 
-RUNS = (
-  'teacher', 'ce', 'kd', 'fit_teacher_heads', 'mhkd', 'mhkd_online',
-  'mhkd_dih',
-)
+# The pair's own MHKD variants, beside every method of the benchmark.
+MHKD_VARIANTS = ('mhkd_online', 'mhkd_dih')
+RUNS = distillation.runs() + MHKD_VARIANTS
 
 
 def get_config(run: str = 'mhkd'):
-  if run not in RUNS:
-    raise errors.ConfigError(
-      f'Unknown run {run!r}; valid runs: {", ".join(RUNS)}.'
-    )
-  config = default.get_config()
-  config.data.name = 'cifar100'
-  config.model = 'resnet8x4'
-  config.teacher.model = 'resnet32x4'
-  config.teacher.init = 'runs/r32x4'
-  config.fit_teacher_heads.head = 'dih'
-  config.mhkd.head = 'dih'
-  if run == 'teacher':
-    config.method = 'ce'
-    config.model = 'resnet32x4'
-    config.teacher.init = ''
-  elif run == 'ce':
-    config.method = 'ce'
-    config.teacher.init = ''
-  elif run == 'kd':
-    config.method = 'kd'
-  elif run == 'fit_teacher_heads':
-    config.method = 'fit_teacher_heads'
-  elif run == 'mhkd':
-    config.method = 'mhkd'
-    config.mhkd.teacher_head_mode = 'pretrain'
-    config.teacher.init = 'runs/r32x4_heads'
-  elif run in ('mhkd_online', 'mhkd_dih'):
-    config.method = 'mhkd'
+  distillation.check_run(run, RUNS)
+  if run in MHKD_VARIANTS:
+    config = cifar100.get_config('resnet32x4-resnet8x4,mhkd')
     config.mhkd.teacher_head_mode = 'online'
+    config.teacher.init = distillation.teacher_dir(
+      distillation.root(cifar100.DATA), 'resnet32x4'
+    )
+  elif run == distillation.TEACHER:
+    config = cifar100.get_config('resnet32x4')
+  else:
+    config = cifar100.get_config(f'resnet32x4-resnet8x4,{run}')
   if run == 'mhkd_dih':
     alpha, beta = 0.1, 0.5
     config.mhkd.w_ce = 1 - alpha

@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   # seed `seed + k`) and the teacher runs on every student's batch.
   config.num_students = 1
   config.students_share_data = True
-  # How the compiled step runs the students (mhkd_jax/step.py
+  # How the compiled step runs the students (mhkd_jax/steps.py
   # over_students): 'unroll' traces the one-student program once per
   # student into the step (a one-student run's arithmetic; fast on CPU;
   # compile time grows with N), 'vmap' batches them into each operation
@@ -48,9 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
   # or imported it (its export/ is used). Required by every method but ce.
   config.teacher.init = ''
   # Fold each BatchNorm that follows a convolution into it once, when the
-  # frozen teacher is loaded (mhkd_jax/fold.py): same outputs, fewer
-  # passes per step. Off by default: not yet checked against every
-  # method's use of the teacher and the PyTorch step parity.
+  # frozen teacher is loaded (mhkd_jax/models/fold.py): the same outputs
+  # (checked on every zoo model and against the PyTorch step), fewer
+  # passes per step. Off by default: it was measured to gain nothing on
+  # CPU, where XLA already fuses an eval-mode BatchNorm
+  # (docs/performance.md).
   config.teacher.fold_batchnorm = False
 
   config.data = ml_collections.ConfigDict()
@@ -69,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Random horizontal flip; None = the data set's default (on for CIFAR,
   # off for digits).
   config.data.random_flip = ml_collections.config_dict.placeholder(bool)
-  # Where batches are made (mhkd_jax/data/inputs.py): 'device' keeps the
+  # Where batches are made (mhkd_jax/data/input_pipeline.py): 'device' keeps the
   # whole split on the accelerators and gathers/augments there (CIFAR
   # scale); 'host' sends each process's rows of every batch from host
   # memory. Both give the same batches. 'stream' reads each process's rows
@@ -84,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.prefetch_batches = 2
   config.data.jpeg_draft = True
 
-  # Optimisation: RepDistiller's recipe (recipes.md).
+  # Optimisation: RepDistiller's recipe (docs/benchmark.md).
   config.batch_size = 64
   config.eval_batch_size = 128
   config.num_epochs = 240
@@ -105,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Dtype of convolutions, linears and BatchNorm outputs (student, heads,
   # teacher): 'float32' or 'bfloat16' (mixed precision for GPU/TPU:
   # parameters, optimizer state, BatchNorm statistics, losses and
-  # checkpoints stay float32; mhkd_jax/precision.py).
+  # checkpoints stay float32; mhkd_jax/models/precision.py).
   config.compute_dtype = 'float32'
 
   # Devices: 0 = all; n = the first n (a ('data',) mesh over them).

@@ -2,19 +2,20 @@
 
   C=configs/imagenet_resnet34_resnet18.py
   python -m mhkd_jax.main --config=$C:METHOD \
-      --workdir=runs/imagenet/resnet18/METHOD
+      --workdir=runs/imagenet/imagenet_resnet34-imagenet_resnet18/METHOD
 
-METHOD is any of ``configs/cifar100.py``'s (``ce``, ``kd``, ``fitnet``,
-``at``, ... ``crd``, ``dkd``, ``fit_teacher_heads``, ``mhkd``) or
-``teacher`` (trains ResNet34 itself). The recipe is torchvision's and the
-CRD/mdistiller ImageNet runs': batch 256, 100 epochs, SGD 0.1 momentum
+METHOD is any method (``ce``, ``kd``, ``fitnet``, ``at``, ... ``crd``,
+``dkd``, ``fit_teacher_heads``, ``mhkd``) or ``teacher`` (trains ResNet34
+itself); workdirs follow ``configs/distillation.py`` under
+``runs/imagenet``. The recipe is torchvision's and the CRD/mdistiller
+ImageNet runs': batch 256, 100 epochs, SGD 0.1 momentum
 0.9, weight decay 1e-4, x0.1 after epochs 30, 60, 90; random-resized crop
 224 (scale 0.08-1, ratio 3/4-4/3) + flip for training, resize 256 + centre
 crop 224 for evaluation, ImageNet mean/std. KD and DKD take mdistiller's
 ImageNet weights (``configs/imagenet/r34_r18/{kd,dkd}.yaml``; it trains at
 batch 512 with LR 0.2, the same rate per example): KD 0.5 CE + 0.5 KD at
 T 1; DKD CE 1, alpha 1, beta 0.5, T 1, warm-up 1 epoch. Published top-1
-(``shared/reference/results.md``): teacher 73.31 and student 69.75 (HSAKD
+(docs/benchmark.md): teacher 73.31 and student 69.75 (HSAKD
 README), KD 71.03 (mdistiller's run), CRD 71.17 (CRD paper), DKD 71.70
 (mdistiller).
 
@@ -28,30 +29,27 @@ for this):
 
   python -m mhkd_jax.interop.repdistiller --name=imagenet_resnet34 \
       --num_classes=1000 --pth=resnet34-b627a593.pth \
-      --workdir=runs/imagenet/resnet34
+      --workdir=runs/imagenet/imagenet_resnet34
 
-MHKD reads its teacher heads from runs/imagenet/resnet34_heads, the
+MHKD reads its teacher heads from runs/imagenet/imagenet_resnet34_heads, the
 ``fit_teacher_heads`` run. Set config.data.num_workers to the cores per
-process (README, "Streaming input").
+process (docs/datasets.md, "The streaming input").
 """
 
-from mhkd_jax.configs import cifar100, default
+from mhkd_jax.configs import distillation
 
-RUNS_DIR = 'runs/imagenet'
-METHODS = cifar100.METHODS + ('teacher',)
+DATA = 'imagenet2012'
+RUNS_ROOT = 'runs/imagenet'
+METHODS = distillation.runs()
 PUBLISHED = {'teacher': 73.31, 'ce': 69.75, 'kd': 71.03, 'crd': 71.17,
              'dkd': 71.70}
 
 
-def get_config(method: str = 'kd'):
-  if method not in METHODS:
-    from mhkd_jax import errors  # noqa: PLC0415
-
-    raise errors.ConfigError(
-      f'Unknown method {method!r}; valid: {", ".join(METHODS)}.'
-    )
-  config = default.get_config()
-  config.data.name = 'imagenet2012'
+def get_config(run: str = 'kd'):
+  config = distillation.distillation_config(
+    data=DATA, teacher='imagenet_resnet34', student='imagenet_resnet18',
+    run=run, runs_root=RUNS_ROOT,
+  )
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
   config.data.pipeline = 'stream'
@@ -69,20 +67,8 @@ def get_config(method: str = 'kd'):
   config.eval_every_epochs = 1
   config.log_every_steps = 100
   config.checkpoint.every_steps = 1000
-  if method == 'teacher':
-    config.method = 'ce'
-    config.model = 'imagenet_resnet34'
-    return config
-  config.method = method
-  config.model = 'imagenet_resnet18'
-  if method != 'ce':
-    config.teacher.model = 'imagenet_resnet34'
-    config.teacher.init = f'{RUNS_DIR}/resnet34'
   # mdistiller's ImageNet KD and DKD (see the module docstring).
   config.kd.temperature, config.kd.w_ce, config.kd.w_kd = 1.0, 0.5, 0.5
   config.dkd.beta, config.dkd.temperature = 0.5, 1.0
   config.dkd.warmup_epochs = 1
-  config.fit_teacher_heads.head = config.mhkd.head = 'dih'
-  if method == 'mhkd':
-    config.teacher.init = f'{RUNS_DIR}/resnet34_heads'
   return config

@@ -5,16 +5,21 @@ mirror-symmetric), random crop with padding 4; device-resident input.
 
   python -m mhkd_jax.data.prepare --dataset=svhn_cropped   # needs internet
   C=configs/svhn_resnet32x4_resnet8x4.py
-  python -m mhkd_jax.main --config=$C:teacher --workdir=runs/svhn/resnet32x4
-  python -m mhkd_jax.main --config=$C:kd --workdir=runs/svhn/resnet8x4/kd
+  python -m mhkd_jax.main --config=$C:teacher \
+      --workdir=runs/svhn_cropped/resnet32x4
+  python -m mhkd_jax.main --config=$C:kd \
+      --workdir=runs/svhn_cropped/resnet32x4-resnet8x4/kd
 
-METHOD: ``teacher`` or any of ``configs/cifar100.py``'s.
+The argument is ``teacher`` or any method; workdirs follow
+``configs/distillation.py``.
 """
 
-from mhkd_jax.configs import small_datasets
+from mhkd_jax.configs import distillation
 
-METHODS = small_datasets.METHODS
+METHODS = distillation.runs()
 
 
-def get_config(method: str = 'kd'):
-  return small_datasets.get_config('svhn_cropped', method, 'runs/svhn')
+def get_config(run: str = 'kd'):
+  return distillation.distillation_config(
+    data='svhn_cropped', teacher='resnet32x4', student='resnet8x4', run=run
+  )

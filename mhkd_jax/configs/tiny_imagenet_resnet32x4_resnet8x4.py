@@ -9,21 +9,21 @@ CIFAR networks end in a global pool, so 64x64 inputs need no change.
   python -m mhkd_jax.main --config=$C:teacher \
       --workdir=runs/tiny_imagenet/resnet32x4
   python -m mhkd_jax.main --config=$C:kd \
-      --workdir=runs/tiny_imagenet/resnet8x4/kd
+      --workdir=runs/tiny_imagenet/resnet32x4-resnet8x4/kd
 
 The split (1.2 GB as uint8) stays on the accelerator by default;
-``--config.data.pipeline=stream`` streams it instead. METHOD: ``teacher``
-or any of ``configs/cifar100.py``'s.
+``--config.data.pipeline=stream`` streams it instead. The argument is
+``teacher`` or any method; workdirs follow ``configs/distillation.py``.
 """
 
-from mhkd_jax.configs import small_datasets
+from mhkd_jax.configs import distillation
 
-METHODS = small_datasets.METHODS
+METHODS = distillation.runs()
 
 
-def get_config(method: str = 'kd'):
-  config = small_datasets.get_config(
-    'tiny_imagenet', method, 'runs/tiny_imagenet'
+def get_config(run: str = 'kd'):
+  config = distillation.distillation_config(
+    data='tiny_imagenet', teacher='resnet32x4', student='resnet8x4', run=run
   )
   config.data.eval_split = 'validation'
   config.data.crop_padding = 8

@@ -7,19 +7,18 @@ epoch permutation, crop/flip and normalisation they apply on the device.
 `python -m mhkd_jax.data.prepare` prepares a data set.
 """
 
-from mhkd_jax.data.augment import epoch_permutation
-from mhkd_jax.data.augment import normalize
-from mhkd_jax.data.augment import random_crop_flip
-from mhkd_jax.data.datasets import ArraySplit
-from mhkd_jax.data.datasets import DatasetInfo
-from mhkd_jax.data.datasets import DatasetNotPreparedError
-from mhkd_jax.data.datasets import dataset_info
-from mhkd_jax.data.datasets import dataset_names
-from mhkd_jax.data.datasets import load_datasets
-from mhkd_jax.data.datasets import load_split
-from mhkd_jax.data.datasets import prepare_command
-from mhkd_jax.data.inputs import Batch
-from mhkd_jax.data.inputs import create_inputs
+from mhkd_jax.data.augment import epoch_permutation, normalize, random_crop_flip
+from mhkd_jax.data.datasets import (
+  ArraySplit,
+  DatasetInfo,
+  DatasetNotPreparedError,
+  dataset_info,
+  dataset_names,
+  load_datasets,
+  load_split,
+  prepare_command,
+)
+from mhkd_jax.data.input_pipeline import Batch, create_inputs
 
 __all__ = [
   'ArraySplit',

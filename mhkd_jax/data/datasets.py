@@ -18,11 +18,11 @@ import os
 import shlex
 from typing import Any
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from mhkd_jax import errors
+from mhkd_jax.run import errors
 
 # Rows per tf.data batch when pulling a split into numpy. Large enough that
 # the Python loop is negligible, small enough to bound the transient memory.
@@ -90,7 +90,7 @@ class DatasetNotPreparedError(errors.UserError, RuntimeError):
 
 
 # RepDistiller normalises CIFAR-10 and CIFAR-100 alike with the CIFAR-100
-# statistics (recipes.md), so both use them here for parity.
+# statistics (docs/benchmark.md), so both use them here for parity.
 _CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 _CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 

@@ -18,8 +18,7 @@ unless --file_format=array_record.
 import sys
 from collections.abc import Sequence
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from mhkd_jax.data import datasets
 

@@ -33,12 +33,12 @@ from collections.abc import Iterator, Sequence
 import grain
 import jax
 import numpy as np
-from absl import flags
-from absl import logging
+from absl import flags, logging
 from PIL import Image
 
-from mhkd_jax import errors, parallel
+from mhkd_jax import parallel
 from mhkd_jax.data import augment, datasets
+from mhkd_jax.run import errors
 
 # grain's MapDataset needs a length; training is endless in practice.
 _ENDLESS = 2**40
@@ -457,9 +457,9 @@ class _Device:
 
 def _normalized_batch(info, images, labels, indices, mask=None):
   """The device half of the pipeline: uint8 in, normalised out."""
-  from mhkd_jax.data import inputs  # noqa: PLC0415 (inputs imports us)
+  from mhkd_jax.data import input_pipeline  # noqa: PLC0415 (inputs imports us)
 
-  return inputs.Batch(
+  return input_pipeline.Batch(
     augment.normalize(images, info.mean, info.std), labels, indices, mask
   )
 

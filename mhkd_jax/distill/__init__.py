@@ -12,16 +12,22 @@ import pkgutil
 
 import ml_collections
 
-from mhkd_jax import errors
 from mhkd_jax.distill import base
+from mhkd_jax.run import errors
 
 for _module in pkgutil.iter_modules(__path__):
   if _module.name != 'base':
     importlib.import_module(f'{__name__}.{_module.name}')
 
 
-def method_names() -> tuple[str, ...]:
-  return tuple(sorted(base.registry()))
+def method_names(*, phases: bool = True) -> tuple[str, ...]:
+  """Every registered method, sorted. ``phases=False`` leaves out the
+  preliminary phases that other methods run first (``ab_init``,
+  ``fsp_init``, ``ft_paraphraser``): the methods a benchmark names."""
+  return tuple(sorted(
+    name for name, cls in base.registry().items()
+    if phases or cls.phase_of is None
+  ))
 
 
 def get_method(name: str) -> type[base.Method]:

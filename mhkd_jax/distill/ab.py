@@ -16,9 +16,11 @@ adds no term after the init phase.
 
 from flax import nnx
 
-from mhkd_jax import errors, features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base, common
 from mhkd_jax.distill.fitnet import ConvReg
+from mhkd_jax.models import features
+from mhkd_jax.run import errors
 
 
 def _preacts(feats) -> list:
@@ -91,6 +93,7 @@ class FitActivationBoundaries(base.Method):
   connectors on the activation-boundary loss."""
 
   name = 'ab_init'
+  phase_of = 'ab'
 
   def create_trainable(self, teacher, data, rngs):
     student = self.create_student(data, rngs)

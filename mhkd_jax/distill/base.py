@@ -43,7 +43,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mhkd_jax import features, models
+from mhkd_jax import models
+from mhkd_jax.models import features
 
 # Output names: the student's logits, and the frozen teacher's. A head on
 # stage k of either network is '<role>/stage<k>'.
@@ -174,6 +175,9 @@ class Method:
 
   name: ClassVar[str] = ''
   needs_teacher: ClassVar[bool] = True
+  # The method whose preliminary phase this one is (FT's paraphraser,
+  # AB's and FSP's initialisation), or None for a method of its own.
+  phase_of: ClassVar[str | None] = None
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict | None:
@@ -287,11 +291,6 @@ def register(cls: type[Method]) -> type[Method]:
     )
   _REGISTRY[cls.name] = cls
   return cls
-
-
-def unregister(name: str) -> None:
-  """Removes a method (tests that register their own)."""
-  _REGISTRY.pop(name, None)
 
 
 def registry() -> dict[str, type[Method]]:

@@ -1,8 +1,9 @@
 """Vanilla training with cross-entropy: students without a teacher, and
 the teachers themselves."""
 
-from mhkd_jax import features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base
+from mhkd_jax.models import features
 
 
 @base.register

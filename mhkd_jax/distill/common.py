@@ -22,8 +22,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mhkd_jax import features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base
+from mhkd_jax.models import features
 
 
 def stages(feats: dict[str, jax.Array]) -> list[jax.Array]:

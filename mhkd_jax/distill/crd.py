@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mhkd_jax import errors, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base, common
 from mhkd_jax.models import layers
+from mhkd_jax.run import errors
 
 
 class Embed(nnx.Module):

@@ -6,8 +6,9 @@ epochs; beta is per teacher-student pair in its configs)."""
 import jax.numpy as jnp
 import ml_collections
 
-from mhkd_jax import features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base
+from mhkd_jax.models import features
 
 
 @base.register

@@ -9,8 +9,9 @@ frozen.
 import jax
 import ml_collections
 
-from mhkd_jax import heads, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base
+from mhkd_jax.models import heads
 
 
 @base.register
@@ -22,7 +23,7 @@ class FitTeacherHeads(base.Method):
   @classmethod
   def default_config(cls):
     cfg = ml_collections.ConfigDict()
-    # Head architecture: 'dih', 'light' or 'linear' (mhkd_jax/heads.py).
+    # Head architecture: 'dih', 'light' or 'linear' (mhkd_jax/models/heads.py).
     cfg.head = 'dih'
     # Head width; None = the kind's default (dih 256, light 128).
     cfg.head_width = ml_collections.config_dict.placeholder(int)

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhkd_jax import errors, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base, common
 from mhkd_jax.models import layers
+from mhkd_jax.run import errors
 
 
 class TransposedConv(nnx.Module):

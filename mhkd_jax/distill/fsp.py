@@ -8,10 +8,11 @@ layers, trains with plain CE (RepDistiller's FSP run adds no distillation
 term after the init phase). The compared maps need equal channel counts
 in student and teacher."""
 
-from flax import nnx
 
-from mhkd_jax import errors, features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base, common
+from mhkd_jax.models import features
+from mhkd_jax.run import errors
 
 
 def _fsp_maps(feats):
@@ -56,6 +57,7 @@ class FitFSPFeatures(base.Method):
   """FSP's preliminary phase: the student's feature layers on FSP."""
 
   name = 'fsp_init'
+  phase_of = 'fsp'
 
   def create_trainable(self, teacher, data, rngs):
     del teacher

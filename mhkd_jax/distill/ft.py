@@ -135,6 +135,7 @@ class FitParaphraser(base.Method):
   """FT's preliminary phase: the paraphraser alone, on the teacher."""
 
   name = 'ft_paraphraser'
+  phase_of = 'ft'
 
   def config_sections(self):
     return ('ft',)  # the paraphraser's factor rate k

@@ -3,8 +3,9 @@
 
 import ml_collections
 
-from mhkd_jax import features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base
+from mhkd_jax.models import features
 
 
 @base.register

@@ -1,6 +1,6 @@
 """Multi-head knowledge distillation (MHKD, arXiv 2012.02911).
 
-Project reading (specs/mhkd.md; every weight is a config field)::
+Project reading (docs/methods.md; every weight is a config field)::
 
   L = w_ce * CE(s, y) + w_kd * KD_T(s, t)
     + sum_k w_head * [KD_T(s_k, sg(t_k)) + w_head_ce * CE(s_k, y)]
@@ -19,8 +19,10 @@ pulls them.
 import jax
 import ml_collections
 
-from mhkd_jax import errors, features, heads, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base
+from mhkd_jax.models import features, heads
+from mhkd_jax.run import errors
 
 # Where the teacher's heads come from: fitted by a fit_teacher_heads run
 # and loaded frozen with the teacher, or trained in this run.
@@ -41,7 +43,7 @@ class MHKD(base.Method):
     # Teacher stages paired with them in order; () = the same names.
     cfg.teacher_stages = ()
     # Head architecture of the student's heads (and of online teacher
-    # heads): 'dih', 'light' or 'linear' (mhkd_jax/heads.py).
+    # heads): 'dih', 'light' or 'linear' (mhkd_jax/models/heads.py).
     cfg.head = 'dih'
     # Head width; None = the kind's default (dih 256, light 128).
     cfg.head_width = ml_collections.config_dict.placeholder(int)
@@ -74,11 +76,6 @@ class MHKD(base.Method):
 
   def create_trainable(self, teacher, data, rngs):
     cfg = self.cfg
-    if cfg.teacher_head_mode not in TEACHER_HEAD_MODES:
-      raise errors.ConfigError(
-        f'config.mhkd.teacher_head_mode={cfg.teacher_head_mode!r}; valid: '
-        f'{", ".join(TEACHER_HEAD_MODES)}.'
-      )
     model = self.create_student(data, rngs)
     student_heads = heads.create_heads(
       cfg.head, model, tuple(cfg.stages) or None,

@@ -1,8 +1,9 @@
 """Similarity-preserving KD (SP; Tung & Mori, ICCV 2019), as in
 RepDistiller: ``CE + 3000 * SP(last stage)`` (``feat[-2]``)."""
 
-from mhkd_jax import features, losses
+from mhkd_jax import losses
 from mhkd_jax.distill import base, common
+from mhkd_jax.models import features
 
 
 @base.register

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mhkd_jax import errors
 from mhkd_jax.models import create_model
+from mhkd_jax.run import errors
 
 # NNX leaf name -> PyTorch leaf name.
 _LEAF_TO_TORCH = {
@@ -348,14 +348,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   )
   args = parser.parse_args(argv)
 
-  from mhkd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from mhkd_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   model = load_repdistiller_checkpoint(
     args.pth, args.name, num_classes=args.num_classes,
     allow_unsafe_pickle=args.allow_unsafe_pickle,
   )
   os.makedirs(args.workdir, exist_ok=True)
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     args.workdir, model, model_name=args.name, num_classes=args.num_classes
   )
   print(

@@ -5,20 +5,21 @@ Names are RepDistiller's ``model_dict`` keys (plus ResNet18/34 of its
 Every model takes NHWC images
 and ``train`` (BatchNorm batch statistics vs running averages), returns
 logits, and sows ``stem``, ``stage1``..``stageN`` and ``pooled`` as
-``nnx.Intermediate`` (collected by ``mhkd_jax.features``).
+``nnx.Intermediate`` (collected by ``mhkd_jax.models.features``).
 """
 
 from flax import nnx
 
-from mhkd_jax import errors
-
-from mhkd_jax.models import imagenet_resnet
-from mhkd_jax.models import mobilenetv2
-from mhkd_jax.models import resnet
-from mhkd_jax.models import resnetv2
-from mhkd_jax.models import shufflenet
-from mhkd_jax.models import vgg
-from mhkd_jax.models import wrn
+from mhkd_jax.models import (
+  imagenet_resnet,
+  mobilenetv2,
+  resnet,
+  resnetv2,
+  shufflenet,
+  vgg,
+  wrn,
+)
+from mhkd_jax.run import errors
 
 _REGISTRY = {}
 for _family in (

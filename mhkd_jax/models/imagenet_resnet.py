@@ -12,10 +12,11 @@ Sown features (mdistiller's ImageNet convention, post-ReLU): ``stem``
 ``stage1``..``stage4`` (layer outputs), ``pooled`` (512-d).
 """
 
-from flax import nnx
 import jax
+from flax import nnx
 
 from mhkd_jax.models import layers
+
 # The block is the CIFAR ResNet's: torchvision's BasicBlock has the same
 # layers and names.
 from mhkd_jax.models.resnet import BasicBlock

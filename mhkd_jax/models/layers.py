@@ -159,7 +159,7 @@ def run_stages(model: nnx.Module, stages, x: jax.Array, *,
   """Runs each stage's blocks in order and sows the stage's output.
 
   The outputs are sown on ``model`` as ``stage1``, ``stage2``... (1-based):
-  the features that distillation heads read (``mhkd_jax.features``). A
+  the features that distillation heads read (``mhkd_jax.models.features``). A
   stage whose last block has ``with_preactivation`` also sows that block's
   output before its final ReLU as ``preact1``, ``preact2``... (RepDistiller's
   ``preact=True`` features, which AB distils).

@@ -12,8 +12,8 @@ outputs of blocks 1, 2, 4 and 6 (pw-linear BN + residual, no ReLU: they go
 negative), ``pooled`` (1280-d, after conv2 and the average pool).
 """
 
-from flax import nnx
 import jax
+from flax import nnx
 
 from mhkd_jax.models import layers
 

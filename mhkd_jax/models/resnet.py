@@ -6,8 +6,8 @@ RepDistiller's ``forward(x, is_feat=True)``: ``stem`` (after conv1-bn-relu),
 ``preact1``..``preact3`` are the stages' last sums before that ReLU.
 """
 
-from flax import nnx
 import jax
+from flax import nnx
 
 from mhkd_jax.models import layers
 

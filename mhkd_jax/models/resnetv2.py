@@ -10,8 +10,8 @@ Sown features: ``stem`` (relu(bn1(conv1))), ``stage1``..``stage4`` (stage
 outputs after the final ReLU), ``pooled``.
 """
 
-from flax import nnx
 import jax
+from flax import nnx
 
 from mhkd_jax.models import layers
 

@@ -10,9 +10,9 @@ the state_dict (``layer1.0.conv1``, ``linear``); parameter-free modules
 (ShuffleBlock, the AvgPool shortcut) have no attribute.
 """
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mhkd_jax.models import layers
 

@@ -13,9 +13,9 @@ Sown features: ``stem`` (relu(block0)), ``stage1``..``stage4``
 ``pooled`` (512-d).
 """
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mhkd_jax.models import layers
 

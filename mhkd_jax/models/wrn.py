@@ -13,8 +13,8 @@ Attribute names mirror the PyTorch state_dict: ``block1.layer.0.bn1``,
 ``block2.layer.0.convShortcut``, ``bn1``, ``fc``.
 """
 
-from flax import nnx
 import jax
+from flax import nnx
 
 from mhkd_jax.models import layers
 

@@ -1,7 +1,7 @@
 """PyTorch reference models with RepDistiller's parameter names.
 
 These are independent PyTorch implementations of every model in
-``shared/specs/repdistiller_models.json`` (and of torchvision's ImageNet
+``tests/testdata/repdistiller_models.json`` (and of torchvision's ImageNet
 ResNet-18/34 layout), written from the architecture notes. They exist for
 two reasons: the parity tests need a PyTorch reference whose ``state_dict``
 is exactly what RepDistiller saves (so ``mhkd_jax.interop`` is tested on the

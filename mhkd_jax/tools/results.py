@@ -1,6 +1,6 @@
 """The results table of a root of runs, in the CRD paper's layout.
 
-  python -m mhkd_jax.results ROOT
+  python -m mhkd_jax.tools.results ROOT
 
 Reads every ``results.json`` under ROOT (and ``ROOT/sweep.json``, the
 runs a sweep planned) and writes:
@@ -30,8 +30,7 @@ import sys
 
 import numpy as np
 
-from mhkd_jax import paths
-from mhkd_jax import workdir as workdir_lib
+from mhkd_jax.run import paths, records
 
 RESULTS_MD = 'results.md'
 RESULTS_CSV = 'results.csv'
@@ -95,23 +94,23 @@ def collect(root: str) -> list[Run]:
   sweep's planned runs that have no directory yet (status 'missing')."""
   runs, seen = [], set()
   for rel, filenames in paths.walk(root):
-    if workdir_lib.CONFIG not in filenames:
+    if records.CONFIG not in filenames:
       continue
     if os.path.basename(rel) == 'preliminary':
       continue
     seen.add(rel)
     dirpath = paths.join(root, rel)
-    config = workdir_lib.read_json(paths.join(dirpath, workdir_lib.CONFIG))
-    if workdir_lib.RESULTS in filenames:
-      results = workdir_lib.read_json(
-        paths.join(dirpath, workdir_lib.RESULTS))
+    config = records.read_json(paths.join(dirpath, records.CONFIG))
+    if records.RESULTS in filenames:
+      results = records.read_json(
+        paths.join(dirpath, records.RESULTS))
       if not results.get('preempted'):
         runs += _finished(rel, config, results)
         continue
     runs += _unfinished(rel, config, 'unfinished')
   manifest = paths.join(root, 'sweep.json')
   if paths.exists(manifest):
-    for entry in workdir_lib.read_json(manifest)['runs']:
+    for entry in records.read_json(manifest)['runs']:
       if entry['workdir'] not in seen:
         runs += _unfinished(entry['workdir'], entry['config'], 'missing')
   return runs
@@ -235,7 +234,7 @@ def write_report(root: str) -> str:
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   if len(argv) != 1:
-    raise SystemExit('usage: python -m mhkd_jax.results ROOT')
+    raise SystemExit('usage: python -m mhkd_jax.tools.results ROOT')
   print(write_report(argv[0]))
 
 

@@ -1,12 +1,12 @@
 """PyTorch auxiliary heads with the same structure and names as the JAX ones.
 
-The PyTorch counterparts of ``mhkd_jax/heads.py``. Every submodule carries
+The PyTorch counterparts of ``mhkd_jax/models/heads.py``. Every submodule carries
 the attribute name of its NNX counterpart (``heads.<stage>.conv1``,
 ``.bn1``, ``.fc``...), so ``AuxHeads.state_dict()`` maps onto the NNX
 ``AuxHeads`` state by path alone, through the same importer that ports the
 backbones (``mhkd_jax.interop.repdistiller.state_dict_to_nnx_state``).
 
-Kinds (see ``mhkd_jax/heads.py`` for why each exists):
+Kinds (see ``mhkd_jax/models/heads.py`` for why each exists):
   'dih':    conv3x3 (pad 0, no bias)-BN-ReLU-conv3x3 (pad 0)-BN-ReLU-GAP-
             FC-ReLU-FC, width 256.
   'light':  conv3x3/2 (pad 1)-BN-ReLU-conv3x3 (pad 1)-BN-ReLU-GAP-FC, width

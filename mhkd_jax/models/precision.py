@@ -21,18 +21,12 @@ compiled for; saved states are identical whatever the compute dtype.
 import jax.numpy as jnp
 from flax import nnx
 
-from mhkd_jax import errors
-
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def compute_dtype(name: str):
-  """The jnp dtype for ``config.compute_dtype``; a clear error otherwise."""
-  if name not in COMPUTE_DTYPES:
-    raise errors.ConfigError(
-      f'config.compute_dtype={name!r} is not supported; use one of '
-      f'{", ".join(COMPUTE_DTYPES)}.'
-    )
+  """The jnp dtype for ``config.compute_dtype`` (one of COMPUTE_DTYPES,
+  checked by ``run.validation``)."""
   return COMPUTE_DTYPES[name]
 
 

@@ -1,6 +1,6 @@
 """PyTorch KD and MHKD train steps with RepDistiller's semantics.
 
-The reference that ``mhkd_jax.step`` is checked (``tests/
+The reference that ``mhkd_jax.steps`` is checked (``tests/
 step_parity_test.py``) and timed (``experiments/benchmark_step.py``)
 against. It follows RepDistiller's ``train_student.py`` and
 ``helper/loops.py::train_distill``:
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.pytorch_baseline.heads import AuxHeads, stage_features
 # The project's own list of modes, so that the two implementations accept
 # the same ones.
 from mhkd_jax.distill.mhkd import TEACHER_HEAD_MODES
+from tests.torch_reference.heads import AuxHeads, stage_features
 
 METHODS = ('kd', 'mhkd')
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import datetime
 import json
 
-from mhkd_jax import errors, paths
+from mhkd_jax import configs
+from mhkd_jax.run import errors, paths
 
 CONFIG = 'config.json'
 CONFIG_CHANGES = 'config_changes.jsonl'
@@ -68,16 +69,6 @@ def read_json(path: str):
     ) from None
 
 
-def _flat(config_dict: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in config_dict.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def config_as_json(config) -> dict:
   """The config as plain JSON data (tuples become lists), without the
   sections of methods the run does not use: those come and go with the
@@ -95,9 +86,9 @@ def config_changes(before: dict, now: dict) -> dict[str, list]:
   """``{dotted key: [before, now]}`` for every key that differs, leaving
   out sections ``before`` holds for methods ``now`` does not use (an older
   version recorded every method's section)."""
-  before = _flat({k: v for k, v in before.items()
+  before = configs.flatten({k: v for k, v in before.items()
                   if k in now or not isinstance(v, dict)})
-  now = _flat(now)
+  now = configs.flatten(now)
   before = {**{k: v for k, v in ADDED_KEYS.items() if k in now}, **before}
   return {
     key: [before.get(key), now.get(key)]

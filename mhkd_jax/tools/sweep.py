@@ -1,6 +1,6 @@
 """A sweep: the product of config axes, one workdir per run under one root.
 
-  python -m mhkd_jax.sweep --config=configs/demo.py:kd --root=sweeps/demo \
+  python -m mhkd_jax.tools.sweep --config=configs/demo.py:kd --root=sweeps/demo \
       --grid='method=ce,kd,mhkd;seed=0,1' [--mode=run|scripts] \
       [--config.num_students=3]
 
@@ -8,7 +8,7 @@
 one config key, or ``key1+key2=a1+a2,b1+b2`` over keys that vary together
 (a teacher-student pair: ``model+teacher.model+teacher.init=...``). Every
 combination is one run in ``ROOT/<axis values>``; ``ROOT/sweep.json``
-lists them, so that ``python -m mhkd_jax.results ROOT`` shows a run that
+lists them, so that ``python -m mhkd_jax.tools.results ROOT`` shows a run that
 never started as missing instead of leaving it out.
 
 ``--mode=run`` trains the runs one after another in this process; re-running
@@ -29,8 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mhkd_jax import errors, paths
-from mhkd_jax import workdir as workdir_lib
+from mhkd_jax.run import errors, paths, records
 
 MANIFEST = 'sweep.json'
 LAUNCH_DIR = 'launch'
@@ -121,7 +120,7 @@ def launch_script(argv_config: str, workdir: str, overrides: dict,
     f'  {shlex.quote(a)} \\' for a in args
   ]
   lines[-1] = lines[-1][:-2]
-  return '#!/bin/sh\n# One run of a sweep (mhkd_jax.sweep).\nset -e\n' + (
+  return '#!/bin/sh\n# One run of a sweep (mhkd_jax.tools.sweep).\nset -e\n' + (
     '\n'.join(lines) + '\n'
   )
 
@@ -157,7 +156,7 @@ def run_sweep(config, root: str, grid: str, mode: str,
   paths.makedirs(root)
   entries = [{'workdir': rel, 'overrides': o, 'config': _summary(c)}
              for (rel, o), c in zip(runs, configs)]
-  workdir_lib.write_json(paths.join(root, MANIFEST),
+  records.write_json(paths.join(root, MANIFEST),
                          {'grid': grid, 'runs': entries})
   config_arg, extra = _config_flags(argv or [])
   for (rel, overrides), run_config in zip(runs, configs):
@@ -170,7 +169,7 @@ def run_sweep(config, root: str, grid: str, mode: str,
       if not paths.is_remote(path):
         os.chmod(path, 0o755)
       continue
-    if paths.exists(paths.join(workdir, workdir_lib.RESULTS)):
+    if paths.exists(paths.join(workdir, records.RESULTS)):
       logging.info('%s: finished, skipped.', rel)
       continue
     from mhkd_jax import train  # noqa: PLC0415  (imports jax)
@@ -187,7 +186,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _ROOT.value:
     raise app.UsageError('--root is required.')
-  from mhkd_jax import cli  # noqa: PLC0415
+  from mhkd_jax.run import cli  # noqa: PLC0415
 
   cli.run(run_sweep, flags.FLAGS.config, _ROOT.value, _GRID.value,
           _MODE.value, sys.argv[1:])

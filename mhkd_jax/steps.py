@@ -7,7 +7,7 @@ loss over the student, its heads and every other trainable part under one
 jitted functions take ``nnx.State`` pytrees and merge inside, so no
 per-step Python graph walk is paid. The teacher's state is an argument (a
 closed-over array would become a compile-time constant) and never enters
-the optimizer. Batches come from an input (``mhkd_jax.data.inputs``); the
+the optimizer. Batches come from an input (``mhkd_jax.data.input_pipeline``); the
 step does not know which.
 """
 
@@ -20,31 +20,27 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mhkd_jax import features, losses, train_state
+from mhkd_jax import losses, train_state
 from mhkd_jax.distill import base
 from mhkd_jax.distill.base import TeacherOutputs
-
+from mhkd_jax.models import features
 
 # XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK unless the list of
-# library fusions is given explicitly. YNNPACK's weight-gradient
-# convolutions (whose window is the whole feature map) run at ~4 GFLOP/s on
-# a 2-core AVX2 host, Eigen's at ~45: one resnet8x4 layer1 weight gradient
-# takes 1.35 s instead of 0.1 s, a resnet32x4 -> resnet8x4 KD step twice as
-# long, MHKD with 'dih' heads four times. Naming the list leaves standalone
-# convolutions to Eigen. Reductions stay with YNNPACK: XLA's own reduction
-# loops sum BatchNorm statistics and their gradients less accurately
-# (parameters after three steps of tests/step_parity_test.py then differ
-# from PyTorch's by 2.7e-4 relative instead of 2e-7), at the price of
-# YNNPACK keeping the conv-BN-ReLU-pool chains that end in a reduction (the
-# frozen 'dih' teacher heads' forward: 1.3x slower than in Eigen). It only
-# picks the library that runs each op (no fast-math, float32 throughout),
-# and applies to the train and eval steps on CPU meshes only. This jaxlib
-# also knows xla_cpu_use_onednn and the oneDNN/XNNPACK fusion-type flags,
-# but with them the convolutions still went to YNNPACK (checked in the
-# compiled HLO) and the step time did not change. The step constructors
-# take the options as an argument; passing None compiles with XLA's
-# defaults (experiments/benchmark_step.py --also-xla-defaults measures the
-# difference).
+# library fusions is given explicitly, and YNNPACK's weight-gradient
+# convolutions (whose window is the whole feature map) are several times
+# slower than Eigen's on the CPUs this project is tested on. Naming the
+# list leaves standalone convolutions to Eigen. Reductions stay with
+# YNNPACK: XLA's own reduction loops sum BatchNorm statistics and their
+# gradients less accurately (tests/step_parity_test.py's parameters then
+# drift from PyTorch's by three orders of magnitude more), at the price of
+# YNNPACK keeping the conv-BN-ReLU-pool chains that end in a reduction. It
+# only picks the library that runs each op (no fast-math, float32
+# throughout), and applies to the train and eval steps on CPU meshes only.
+# This jaxlib's oneDNN/XNNPACK switches left the convolutions in YNNPACK
+# (checked in the compiled HLO). The step constructors take the options as
+# an argument; None compiles with XLA's defaults. The measurements:
+# docs/performance.md ("The CPU compiler options"), made with
+# experiments/benchmark_step.py --also-xla-defaults.
 CPU_COMPILER_OPTIONS: dict[str, str] = {
   'xla_cpu_experimental_ynn_fusion_type': (
     'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
@@ -117,11 +113,10 @@ def create_train_step(
   for XLA's defaults.
 
   With ``num_students`` > 1 the state and the metrics carry a leading
-  students axis (``mhkd_jax.students``) and the update is ``vmap``-ed over
-  it. ``share_data``: one batch for all, so the teacher runs once and its
+  students axis (``mhkd_jax.students``) and the one-student update is
+  mapped over it as ``students_loop`` says (``over_students``). ``share_data``: one batch for all, so the teacher runs once and its
   outputs are broadcast; otherwise the batch has the students axis too and
   the teacher runs on each student's batch (its state broadcast).
-  ``students_loop``: how the students axis is mapped (``over_students``).
   """
   update = _student_update(method, graphdef, tx, data)
 
@@ -159,15 +154,13 @@ def over_students(fn: Callable, in_axes: tuple, how: str) -> Callable:
   computes, and XLA may overlap the students' independent work. On this
   CPU it is the fast choice: 'vmap' turns every convolution into a
   grouped one (slow in XLA:CPU, and its gradient sums in another order),
-  and ``jax.lax.map``'s loop ran the same step 12x slower (measured,
-  experiments/results/). 'vmap' (one batched program) is there for
-  accelerators, where wide kernels pay. The cost of 'unroll' is compile
+  and a ``jax.lax.map`` loop was slower still (docs/performance.md).
+  'vmap' (one batched program) is there for accelerators, where wide
+  kernels pay. The cost of 'unroll' is compile
   time, which grows with the number of students.
   """
   if how == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)
-  if how != 'unroll':
-    raise ValueError(f'students_loop must be one of {STUDENTS_LOOPS}')
 
   def unrolled(*args):
     n = next(
@@ -187,7 +180,7 @@ def over_students(fn: Callable, in_axes: tuple, how: str) -> Callable:
 def _student_update(method, graphdef, tx, data) -> Callable:
   """``update(state, batch, teacher_out) -> (state, metrics)``: one
   student's loss, gradients and optimizer step given the teacher's
-  outputs (pure; vmapped over students)."""
+  outputs (pure; mapped over the students by ``over_students``)."""
 
   def update(state, batch, teacher_out):
     context = base.StepContext(
@@ -304,8 +297,7 @@ def create_eval_step(
   (``create_teacher_eval_step``), or is None: then the teacher runs here,
   as it must when the method evaluates heads trained on its features.
   The same compiler options as the train step: forward convolutions are
-  also faster in Eigen here (a resnet32x4 eval batch: 1.95 s vs 2.18 s on
-  one core), and train and eval then round alike.
+  also faster in Eigen on CPU, and train and eval then round alike.
   """
 
   def eval_step(state, teacher_state, batch, teacher_logits):

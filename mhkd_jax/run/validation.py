@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from mhkd_jax import errors
+from mhkd_jax.run import errors
 
 
 class Checker:
@@ -85,15 +85,24 @@ def _data_parallel_devices(checker: Checker) -> int | None:
 
 
 def _check_trainer(checker: Checker) -> None:
-  from mhkd_jax import models, precision  # noqa: PLC0415
-  from mhkd_jax.data import datasets, inputs  # noqa: PLC0415
+  from mhkd_jax import models, steps  # noqa: PLC0415
+  from mhkd_jax.data import datasets, input_pipeline  # noqa: PLC0415
+  from mhkd_jax.models import precision  # noqa: PLC0415
 
   c = checker
   c.choice('model', models.MODEL_NAMES, 'model')
   if c.value('teacher.model'):
     c.choice('teacher.model', models.MODEL_NAMES, 'model')
-  c.choice('data.name', datasets.dataset_names(), 'data set')
-  c.choice('data.pipeline', inputs.PIPELINES, 'input pipeline')
+  known_data = c.choice('data.name', datasets.dataset_names(), 'data set')
+  if c.choice('data.pipeline', input_pipeline.PIPELINES, 'input pipeline') and (
+    known_data
+  ):
+    info = datasets.dataset_info(c.value('data.name'))
+    c.require(
+      info.train_crop == 'pad' or c.value('data.pipeline') == 'stream',
+      'data.pipeline', f"cannot read {info.name}: its images differ in size "
+      "and are decoded one by one; set config.data.pipeline='stream'.",
+    )
   for key in ('data.num_train_examples', 'data.num_eval_examples'):
     c.number(key, minimum=1, integer=True, optional=True)
   c.number('data.crop_padding', minimum=0, integer=True)
@@ -103,7 +112,7 @@ def _check_trainer(checker: Checker) -> None:
   c.choice('compute_dtype', precision.COMPUTE_DTYPES, 'compute dtype')
   c.number('seed', minimum=0, integer=True)
   c.number('num_students', minimum=1, integer=True)
-  c.choice('students_loop', ('unroll', 'vmap'), 'students loop')
+  c.choice('students_loop', steps.STUDENTS_LOOPS, 'students loop')
   devices = _data_parallel_devices(c)
   for key in ('batch_size', 'eval_batch_size'):
     v = c.value(key)

@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import distill, heads, parallel, step as step_lib, train
-from mhkd_jax import train_state as train_state_lib
+from mhkd_jax import distill, parallel, steps, train, train_state
 from mhkd_jax.configs import test as test_config
-from mhkd_jax.data import datasets, inputs
+from mhkd_jax.data import datasets, input_pipeline
 from mhkd_jax.distill.base import DataSpec, Teacher
-from mhkd_jax.models import create_model
+from mhkd_jax.models import create_model, heads
 
 NUM_CLASSES = 10
 NUM_EXAMPLES = 64
 BATCH = 16
-PREPROCESSING = inputs.Preprocessing(
+PREPROCESSING = input_pipeline.Preprocessing(
   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_padding=4,
   random_flip=True,
 )
@@ -65,15 +64,15 @@ def _setup(num_devices, mode='pretrain'):
   method = distill.create_method(config)
   mesh = parallel.create_mesh(num_devices)
   teacher = _teacher(config)
-  state, graphdef, tx = train_state_lib.create_train_state(
+  state, graphdef, tx = train_state.create_train_state(
     config, method, teacher=teacher, data=DATA, mesh=mesh
   )
-  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
-  train_step = step_lib.create_train_step(
+  t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
+  train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
-    data=DATA, compiler_options=step_lib.compiler_options(mesh),
+    data=DATA, compiler_options=steps.compiler_options(mesh),
   )
-  train_input = inputs.DeviceResidentInput(
+  train_input = input_pipeline.DeviceResidentInput(
     _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
   )
   return train_step, train_input, state, t_state
@@ -83,11 +82,11 @@ def _host(tree):
   return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)
 
 
-def _run(num_devices, mode='pretrain', steps=1):
+def _run(num_devices, mode='pretrain', num_steps=1):
   train_step, train_input, state, t_state = _setup(num_devices, mode)
   before = _host((state, t_state))
   batches = train_input.batches(0, jax.random.key(0))
-  for _, batch in zip(range(steps), batches):
+  for _, batch in zip(range(num_steps), batches):
     state, metrics = train_step(state, batch, t_state)
   return before, _host((state, t_state)), _host(metrics)
 
@@ -162,9 +161,9 @@ def test_learning_rate_follows_repdistiller_epochs():
     {'num_epochs': 240, 'lr_decay_fractions': (0.625, 0.75, 0.875),
      'learning_rate': 0.05, 'lr_decay_rate': 0.1}
   )
-  assert train_state_lib.lr_decay_epochs(config) == (150, 180, 210)
+  assert train_state.lr_decay_epochs(config) == (150, 180, 210)
   steps_per_epoch = 3
-  lr = train_state_lib.create_learning_rate_fn(config, steps_per_epoch)
+  lr = train_state.create_learning_rate_fn(config, steps_per_epoch)
 
   def repdistiller(epoch):  # adjust_learning_rate, 1-based epoch
     return 0.05 * 0.1 ** sum(epoch > np.array([150, 180, 210]))
@@ -181,17 +180,17 @@ def test_eval_reads_cached_frozen_teacher_outputs_like_running_it():
   mesh = parallel.create_mesh(8)
   method = distill.create_method(config)
   teacher = _teacher(config)
-  state, graphdef, _ = train_state_lib.create_train_state(
+  state, graphdef, _ = train_state.create_train_state(
     config, method, teacher=teacher, data=DATA, mesh=mesh
   )
-  t_graphdef, t_state = train_state_lib.place_teacher(teacher, config, mesh)
+  t_graphdef, t_state = train_state.place_teacher(teacher, config, mesh)
   split = _split()
   # 59 examples: the last batch has 5 padding rows, which must not count.
   split = datasets.ArraySplit(split.images[:59], split.labels[:59])
-  eval_input = inputs.DeviceResidentEvalInput(
+  eval_input = input_pipeline.DeviceResidentEvalInput(
     split, PREPROCESSING, batch_size=16, mesh=mesh
   )
-  options = step_lib.compiler_options(mesh)
+  options = steps.compiler_options(mesh)
   evaluator = train.Evaluator(method, graphdef, t_graphdef, t_state,
                               eval_input, options)
   cached = evaluator._teacher_logits  # pylint: disable=protected-access
@@ -206,7 +205,7 @@ def test_eval_reads_cached_frozen_teacher_outputs_like_running_it():
   )
   reading = evaluator(state)
   # The same eval step, running the teacher on every batch instead.
-  eval_step = step_lib.create_eval_step(
+  eval_step = steps.create_eval_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
     compiler_options=options,
   )

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mhkd_jax import checkpointing, heads
-from mhkd_jax.models import create_model
+from mhkd_jax.models import create_model, heads
+from mhkd_jax.run import checkpoints
 
 
 def _weights(module):
@@ -24,10 +24,10 @@ def test_teacher_round_trip_after_direct_calls(tmp_path):
   # activations on the model; only the former belong in the checkpoint.
   model(x, train=True)
   assert nnx.state(model, nnx.Intermediate)
-  checkpointing.save_teacher(
+  checkpoints.save_teacher(
     str(tmp_path), model, aux, model_name='resnet8', num_classes=10
   )
-  teacher = checkpointing.load_teacher(str(tmp_path))
+  teacher = checkpoints.load_teacher(str(tmp_path))
   assert teacher.name == 'resnet8'
   assert teacher.heads.spec == aux.spec
   assert not nnx.state(teacher.model, nnx.Intermediate)

@@ -5,7 +5,7 @@ stage and a student stage with different widths can be compared through
 their class distributions, with no regressor between them.
 
 Kinds:
-  'dih':    the third-party reading of MHKD (specs/mhkd.md): conv3x3 (pad 0,
+  'dih':    the third-party reading of MHKD (docs/methods.md): conv3x3 (pad 0,
             no bias)-BN-ReLU-conv3x3 (pad 0)-BN-ReLU-GAP-FC-ReLU-FC, width 256.
             On a 64x32x32 stage it costs 595 MMACs per image.
   'light':  a cheaper variant: the first conv has stride 2 (pad 1), so both
@@ -19,8 +19,8 @@ import dataclasses
 import jax
 from flax import nnx
 
-from mhkd_jax import errors, features
-from mhkd_jax.models import layers
+from mhkd_jax.models import features, layers
+from mhkd_jax.run import errors
 
 HEAD_KINDS = ('dih', 'light', 'linear')
 DEFAULT_WIDTH = {'dih': 256, 'light': 128, 'linear': 0}

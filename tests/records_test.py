@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-from mhkd_jax import checkpointing, errors, train, workdir as workdir_lib
+from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
+from mhkd_jax.run import checkpoints, errors, records
 
 
 def _config(**overrides):
@@ -52,8 +53,8 @@ def _steps(workdir):
 
 def test_a_run_records_its_config(finished):
   workdir, _ = finished
-  saved = workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG))
-  assert saved == workdir_lib.config_as_json(_config())
+  saved = records.read_json(os.path.join(workdir, records.CONFIG))
+  assert saved == records.config_as_json(_config())
   assert _steps(workdir) == ['6', '8']
 
 
@@ -79,7 +80,7 @@ def test_extending_a_run_is_allowed_and_recorded(
   )
   assert results['num_train_steps'] == 12
   assert [h['epoch'] for h in results['history']] == [1, 2, 3]
-  with open(os.path.join(workdir, workdir_lib.CONFIG_CHANGES)) as f:
+  with open(os.path.join(workdir, records.CONFIG_CHANGES)) as f:
     (record,) = [json.loads(line) for line in f]
   assert record['resumed_at_step'] == 8
   assert record['changes'] == {'log_every_steps': [2, 4],
@@ -92,7 +93,7 @@ def test_checkpoints_of_another_network_are_refused_naming_the_arrays(
   # A workdir from before config.json was recorded: the checkpoint itself
   # says it holds another network.
   workdir = _copy(finished[0], tmp_path / 'run')
-  os.remove(os.path.join(workdir, workdir_lib.CONFIG))
+  os.remove(os.path.join(workdir, records.CONFIG))
   with pytest.raises(errors.WorkdirError,
                      match=r'step 8 .* holds another network.*only in this '
                      r'run: [^;]*student/layer1/1/'):
@@ -104,7 +105,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(
   finished, mock_cifar100, tmp_path
 ):
   workdir = _copy(finished[0], tmp_path / 'run')
-  os.remove(os.path.join(workdir, workdir_lib.RESULTS))
+  os.remove(os.path.join(workdir, records.RESULTS))
   _damage(os.path.join(workdir, 'checkpoints', '8'))
   results = train.train_and_evaluate(_config(), workdir)
   # Resumed from step 6 and trained steps 7-8 again, to the same end.
@@ -128,6 +129,7 @@ def test_no_readable_checkpoint_stops_and_keeps_them_all(
   assert _steps(workdir) == ['6', '8']  # never silently from step 0
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_naming_the_last_good_step_which_restores(
   finished, mock_cifar100, tmp_path, monkeypatch
 ):
@@ -146,7 +148,7 @@ def test_a_full_disk_stops_naming_the_last_good_step_which_restores(
                      r'checkpoint is step 4, and it is intact'):
     train.train_and_evaluate(_config(), workdir)
   monkeypatch.undo()
-  assert checkpointing.TrainCheckpointer(
+  assert checkpoints.TrainCheckpointer(
     workdir, max_to_keep=2).latest_step() == 4
   results = train.train_and_evaluate(_config(), workdir)
   expected = finished[1]
@@ -160,13 +162,13 @@ def test_sections_of_other_methods_do_not_block_a_resume(
   """A config.json from a version with other methods (or without some)
   still resumes: only the run's own method section is compared."""
   workdir = _copy(finished[0], tmp_path / 'run')
-  path = os.path.join(workdir, workdir_lib.CONFIG)
-  saved = workdir_lib.read_json(path)
+  path = os.path.join(workdir, records.CONFIG)
+  saved = records.read_json(path)
   assert 'kd' not in saved and 'crd' not in saved  # a 'ce' run
   saved['retired_method'] = {'beta': 3.0}
-  workdir_lib.write_json(path, saved)
-  os.remove(os.path.join(workdir, workdir_lib.RESULTS))
+  records.write_json(path, saved)
+  os.remove(os.path.join(workdir, records.RESULTS))
   results = train.train_and_evaluate(_config(), workdir)
   assert results['final'] == pytest.approx(finished[1]['final'], abs=1e-6)
   assert not os.path.exists(os.path.join(workdir,
-                                         workdir_lib.CONFIG_CHANGES))
+                                         records.CONFIG_CHANGES))

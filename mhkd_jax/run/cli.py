@@ -28,7 +28,8 @@ import tempfile
 from absl import flags, logging
 from etils import epath
 
-from mhkd_jax import errors, paths
+from mhkd_jax import configs
+from mhkd_jax.run import errors, paths
 
 _CONFIG_FLAG = '--config'
 
@@ -55,15 +56,6 @@ def _load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _all_keys(config, prefix: str = '') -> list[str]:
-  keys = []
-  for key, value in config.items():
-    keys.append(prefix + key)
-    if hasattr(value, 'items'):
-      keys.extend(_all_keys(value, f'{prefix}{key}.'))
-  return keys
-
-
 def _has_key(config, dotted: str) -> bool:
   node = config
   for part in dotted.split('.'):
@@ -88,7 +80,7 @@ def _config_problem(argv) -> str | None:
     return f'--config={spec}: no such config file.'
   except Exception as e:  # pylint: disable=broad-except
     return f'--config={spec}: {e}'
-  keys = _all_keys(config)
+  keys = list(configs.flatten(config))
   problems = []
   for arg in argv:
     if not arg.startswith(_CONFIG_FLAG + '.'):
@@ -131,6 +123,10 @@ def quiet_logs() -> None:
   value) keeps absl's usual behaviour instead. ``log_to_file`` keeps
   everything."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # TensorFlow (TFDS decodes images with it) prints a line about its oneDNN
+  # kernels on CPUs that have them, whatever the log level. They never run
+  # the model here (JAX does); off, TensorFlow is quiet.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   if not flags.FLAGS['verbosity'].present:
     handler = logging.get_absl_handler()
     handler.setLevel(std_logging.WARNING)
@@ -141,11 +137,15 @@ def quiet_logs() -> None:
 
 
 def log_to_file(path: str) -> None:
-  """Appends every log line, INFO included, to ``path`` (process 0).
+  """Appends every log line, INFO included, to ``path`` (process 0), once
+  the directory of ``path`` exists.
 
-  A bucket object cannot be appended to, so for a ``gs://`` workdir the
-  lines go to a local copy (seeded with the log already there), which is
-  copied over the bucket's when the program ends.
+  Lines logged before then are held in memory and written first: a run
+  creates its workdir only after its config and inputs are checked, so a
+  run that stops before (an impossible value, a missing teacher) leaves no
+  workdir behind. A bucket object cannot be appended to, so for a
+  ``gs://`` workdir the lines go to a local copy (seeded with the log
+  already there), which is copied over the bucket's when the program ends.
   """
   import jax  # noqa: PLC0415  (after flags: XLA_FLAGS may be set)
 
@@ -159,11 +159,32 @@ def log_to_file(path: str) -> None:
     if paths.exists(path):
       epath.Path(path).copy(local, overwrite=True)
     atexit.register(_copy_log, local, path)
-  os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-  handler = std_logging.FileHandler(local)
+  handler = _FileHandlerAfterDirectory(local, str(epath.Path(path).parent))
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(std_logging.INFO)
   std_logging.getLogger().addHandler(handler)
+
+
+class _FileHandlerAfterDirectory(std_logging.FileHandler):
+  """A file handler that holds its records until ``directory`` exists."""
+
+  _MAX_HELD = 100_000
+
+  def __init__(self, filename: str, directory: str):
+    super().__init__(filename, delay=True)
+    self._directory = directory
+    self._held: list[std_logging.LogRecord] | None = []
+
+  def emit(self, record: std_logging.LogRecord) -> None:
+    if self._held is not None:
+      if not paths.exists(self._directory):
+        if len(self._held) < self._MAX_HELD:
+          self._held.append(record)
+        return
+      held, self._held = self._held, None
+      for earlier in held:
+        super().emit(earlier)
+    super().emit(record)
 
 
 def _copy_log(local: str, remote: str) -> None:

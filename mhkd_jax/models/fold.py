@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhkd_jax import features
+from mhkd_jax.models import features
 
 
 class FoldedBatchNorm(nnx.Module):

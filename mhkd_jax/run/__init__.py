@@ -1,0 +1,9 @@
+"""Run management: what a run leaves on disk and how it talks to a person.
+
+``records`` (config.json, the eval history, results), ``checkpoints``
+(orbax: training checkpoints and teachers), ``preemption`` (SIGTERM agreed
+across processes), ``progress`` (the progress line), ``paths`` (local or
+``gs://``), ``cli`` (command-line errors and logs), ``errors`` (the errors
+whose message is the fix) and ``validation`` (every impossible config
+value, before a run starts).
+"""
