@@ -1,11 +1,11 @@
 """The demo: vanilla, KD and MHKD students on the embedded MNIST digits.
 
-The argument picks one run; `python -m mhkd_jax.demo` runs all five in
+The argument picks one run; `python -m mhkd_jax.tools.demo` runs all five in
 order (each resumes or is reused if re-run), then writes DIR/results.md and
 DIR/learning_curves.png:
 
-  make demo            # = python -m mhkd_jax.demo --workdir=demo_workdir
-  python -m mhkd_jax.demo --workdir=/tmp/demo
+  make demo            # = python -m mhkd_jax.tools.demo --workdir=demo_workdir
+  python -m mhkd_jax.tools.demo --workdir=/tmp/demo
 
   teacher        resnet14, CE, all 4,000 training digits, 3 epochs
   fit_teacher_heads  'light' heads (width 32) on the frozen teacher's
@@ -25,18 +25,19 @@ everything fits in a few minutes of a 2-core CPU.
 Expected result (2-core AVX2 CPU, jaxlib 0.10.2, seed 0, test split of
 1,000 digits, last epoch; bit-identical in two runs):
 
-  run               test acc  acc stage1/2  agree top-1  agree stage1/2  wall
-  teacher             95.8                                               70 s
-  fit_teacher_heads   95.8    47.6 / 90.0                                19 s
-  ce                  88.7                                               25 s
-  kd                  94.0                    95.7                       34 s
-  mhkd                93.8    30.4 / 77.9     95.3         61.9 / 84.7   42 s
+  run               test acc  acc stage1/2  agree top-1  agree stage1/2
+  teacher             95.8
+  fit_teacher_heads   95.8    47.6 / 90.0
+  ce                  88.7
+  kd                  94.0                    95.7
+  mhkd                93.8    30.4 / 77.9     95.3         61.9 / 84.7
 
-Whole command: 3 min 21 s wall on an otherwise idle machine (the same
-table before and after the trainer's seams were opened); 190 s of it in
-the five runs, compiles included. The
-figures change with the summation order of XLA's CPU convolutions
-(mhkd_jax/step.py picks the library): with XLA's default library the same
+On a 2-core AVX-512 EPYC the same code gives teacher 95.6, heads 45.5 /
+90.2, ce 89.5, kd 94.1 (agree 95.3), mhkd 93.1 (30.1 / 77.7, agree
+94.9, 65.0 / 82.5): the vector width changes the summation order. How long
+it takes: README.md ("Two commands"). The figures also change with
+the summation order of XLA's CPU convolutions
+(mhkd_jax/steps.py picks the library): with XLA's default library the same
 config gave teacher 96.4, ce 90.9, kd 93.9, mhkd 94.1.
 
 Seeds (student seeds 0-3, one teacher, same code): ce 88.8 +- 1.6,
@@ -51,8 +52,8 @@ agree with the teacher's (agree stage2 85%), not to classify well.
 
 import os
 
-from mhkd_jax import errors
 from mhkd_jax.configs import default
+from mhkd_jax.run import errors
 
 RUNS = ('teacher', 'fit_teacher_heads', 'ce', 'kd', 'mhkd')
 
@@ -60,7 +61,7 @@ RUNS = ('teacher', 'fit_teacher_heads', 'ce', 'kd', 'mhkd')
 # data directory (~/tensorflow_datasets, or $TFDS_DATA_DIR).
 DATA_DIR = None
 # Default run directories, relative to the current directory;
-# `python -m mhkd_jax.demo` overrides them with its --workdir.
+# `python -m mhkd_jax.tools.demo` overrides them with its --workdir.
 WORKDIR = 'demo_workdir'
 
 TEACHER_MODEL = 'resnet14'
@@ -98,7 +99,7 @@ def get_config(run: str = 'mhkd', smoke: bool = False):
   config.model = STUDENT_MODEL
   config.teacher.model = TEACHER_MODEL
   config.teacher.init = os.path.join(WORKDIR, 'teacher')
-  # 'light' heads cost about a tenth of 'dih' ones (mhkd_jax/heads.py);
+  # 'light' heads cost about a tenth of 'dih' ones (mhkd_jax/models/heads.py);
   # the teacher's (phase 1) and the student's are of the same kind.
   for heads in (config.fit_teacher_heads, config.mhkd):
     heads.head = 'light'
