@@ -4,35 +4,47 @@
 # (one process per host), follow the log, fetch the results, delete it.
 #
 #   export TPU_NAME=mhkd-v4-32 ZONE=us-central2-b ACCELERATOR_TYPE=v4-32
-#   export BUCKET=gs://my-bucket CONFIG=cifar100_resnet32x4_resnet8x4.py:mhkd
+#   export BUCKET=gs://my-bucket
 #   experiments/tpu/tpu.sh create     # the slice (add SPOT=1 for spot VMs)
-#   experiments/tpu/tpu.sh install    # this checkout + jax[tpu] on all workers
+#   experiments/tpu/tpu.sh install    # Python 3.11 venv, package, jax[tpu]
 #   experiments/tpu/tpu.sh data       # local TFDS cifar100 -> $BUCKET/tfds
-#   experiments/tpu/tpu.sh launch     # the run on all workers (resumes)
+#   CONFIG=cifar100_resnet32x4_resnet8x4.py:teacher \
+#     WORKDIR=$BUCKET/runs/cifar100/resnet32x4 \
+#     experiments/tpu/tpu.sh launch   # the run on all workers (resumes)
 #   experiments/tpu/tpu.sh logs       # follow worker 0's log
-#   experiments/tpu/tpu.sh fetch      # results, history, TensorBoard -> ./
+#   WORKDIR=... experiments/tpu/tpu.sh fetch  # results, history, TensorBoard
 #   experiments/tpu/tpu.sh delete     # the slice (the bucket stays)
 #
-# Workdir and data live in the bucket ($BUCKET/runs/$RUN, $BUCKET/tfds):
-# orbax and TensorBoard write there from every host, and a preempted slice
-# resumes from it: re-create the slice, install, launch again.
-# TEACHER=gs://... sets config.teacher.init; EXTRA_FLAGS adds config flags,
-# e.g. EXTRA_FLAGS='--config.batch_size=256'.
+# The TPU VM images (Ubuntu 22.04) ship Python 3.10 and the package needs
+# 3.11 or newer, so `install` puts uv in the system Python's user site and
+# makes it create ~/mhkd_venv with Python $PYTHON_VERSION (3.11; a uv-managed
+# CPython, fetched when the image has none); every later command on the
+# workers runs that venv's python.
+# WORKDIR is required by launch and fetch: a config does not name its own
+# workdir (a teacher and a `ce` student are both method ce), so give the
+# one of the workdir convention (docs/configuration.md), under the bucket:
+# $BUCKET/runs/<data set>/<teacher>, .../<teacher>_heads or
+# .../<teacher>-<student>/<method>. orbax and TensorBoard write there from
+# every host, and a preempted slice resumes from it: re-create the slice,
+# install, launch again. TEACHER=gs://... sets config.teacher.init (the
+# configs' default is a relative runs/ path, which a worker does not have);
+# EXTRA_FLAGS adds config flags. A slice wants 32 images per chip or more,
+# with the learning rate scaled from 0.05 at batch 64: on a v4-32 or v5e-16
+# (16 chips) EXTRA_FLAGS='--config.batch_size=512 --config.learning_rate=0.4'
+# (docs/distributed.md#batch-per-device-and-learning-rate).
 # tests/launch_scripts_test.py runs every subcommand with a stub gcloud.
 set -euo pipefail
 
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${BUCKET:?set BUCKET}"
 ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-v4-8}"
-CONFIG="${CONFIG:-cifar100_resnet32x4_resnet8x4.py:mhkd}"
-# A run's name: its config without '.py', ':' -> '_' (..._resnet8x4_mhkd).
-RUN="${RUN:-$(basename "${CONFIG/.py/}")}"
-RUN="${RUN//:/_}"
-WORKDIR="${WORKDIR:-$BUCKET/runs/$RUN}"
 DATA_DIR="${DATA_DIR:-$BUCKET/tfds}"
 LOCAL_DATA_DIR="${LOCAL_DATA_DIR:-$HOME/tensorflow_datasets}"
 DATASET="${DATASET:-cifar100}"
-RESULTS_DIR="${RESULTS_DIR:-results/$RUN}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+# The workers' Python (requirements.txt is pinned for 3.11) and its venv,
+# '~' expanded on the worker.
+PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
+VENV_PYTHON='~/mhkd_venv/bin/python'
 # The teacher of a distillation run (a run's workdir in the bucket).
 if [[ -n "${TEACHER:-}" ]]; then
   EXTRA_FLAGS="--config.teacher.init=$TEACHER $EXTRA_FLAGS"
@@ -58,22 +70,32 @@ tpu() {  # gcloud compute tpus tpu-vm SUBCOMMAND NAME --zone=... [args]
     ${PROJECT:+--project="$PROJECT"} "$@"
 }
 
+require_workdir() {  # launch and fetch: the run's workdir, in the bucket
+  : "${WORKDIR:?set WORKDIR to the run directory of the runs/<data set> \
+convention in the bucket, e.g. \
+WORKDIR=$BUCKET/runs/cifar100/resnet32x4-resnet8x4/mhkd \
+(docs/configuration.md#the-workdir-convention)}"
+}
+
 case "${1:-}" in
   create)
     tpu create --accelerator-type="$ACCELERATOR_TYPE" \
       --version="$RUNTIME_VERSION" ${SPOT:+--spot}
     ;;
   install)
-    # This checkout (committed files) on every worker, then the pinned
-    # requirements and the package with its tpu extra (jax[tpu]).
+    # This checkout (committed files) on every worker; uv with the system
+    # Python (3.10); a venv of Python $PYTHON_VERSION; in it the pinned
+    # requirements and the package with its tpu extra (jax[tpu]: libtpu).
     archive="$(mktemp -d)/mhkd_jax.tar.gz"
     git -C "$REPO" archive --format=tar.gz -o "$archive" HEAD
     gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:~/" \
       --zone="$ZONE" ${PROJECT:+--project="$PROJECT"} --worker=all
     tpu ssh --worker=all --command="mkdir -p $REMOTE_DIR \
 && tar xzf mhkd_jax.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR \
-&& python3 -m pip install -q -r requirements.txt \
-&& python3 -m pip install -q -e '.[tpu]'"
+&& python3 -m pip install -q --user --upgrade uv \
+&& python3 -m uv venv --clear --seed --python $PYTHON_VERSION ~/mhkd_venv \
+&& $VENV_PYTHON -m pip install -q -r requirements.txt \
+&& $VENV_PYTHON -m pip install -q -e '.[tpu]'"
     ;;
   data)
     # Prepared once where there is internet (python -m mhkd_jax.data.prepare
@@ -83,8 +105,10 @@ case "${1:-}" in
   launch)
     # One process per host; MHKD_MULTIHOST=1 makes each join the slice's
     # jax.distributed job. Detached, so a dropped ssh does not stop it.
+    : "${CONFIG:?set CONFIG, e.g. CONFIG=cifar100_resnet32x4_resnet8x4.py:mhkd}"
+    require_workdir
     tpu ssh --worker=all --command="cd $REMOTE_DIR && MHKD_MULTIHOST=1 \
-nohup python3 -m mhkd_jax.main --config=mhkd_jax/configs/${CONFIG} \
+nohup $VENV_PYTHON -m mhkd_jax.main --config=mhkd_jax/configs/${CONFIG} \
 --workdir=$WORKDIR --config.data.data_dir=$DATA_DIR $EXTRA_FLAGS \
 > ~/$LOG 2>&1 < /dev/null &"
     ;;
@@ -92,7 +116,10 @@ nohup python3 -m mhkd_jax.main --config=mhkd_jax/configs/${CONFIG} \
     tpu ssh --worker=0 --command="tail -n 100 -f ~/$LOG"
     ;;
   fetch)
-    # What the run reports; the checkpoints stay in the bucket.
+    # What the run reports, to results/ + the workdir's path in the bucket
+    # (results/runs/cifar100/...); the checkpoints stay in the bucket.
+    require_workdir
+    RESULTS_DIR="${RESULTS_DIR:-results/${WORKDIR#gs://*/}}"
     mkdir -p "$RESULTS_DIR"
     gsutil -m rsync -r -x '^checkpoints/.*|^export/.*' "$WORKDIR" \
       "$RESULTS_DIR"
