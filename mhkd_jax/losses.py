@@ -309,3 +309,251 @@ def dkd_loss(logits_s: jax.Array, logits_t: jax.Array, labels: jax.Array,
   nckd = _kl_sum(jax.nn.log_softmax(s - 1000.0 * gt, -1),
                  jax.nn.softmax(te - 1000.0 * gt, -1)) * t * t / batch
   return alpha * tckd + beta * nckd
+
+
+# --------------------------------------------------------------------------
+# The methods after CRD (issue 21): logit standardization (LS), DIST, MLKD,
+# ReviewKD's hierarchical context loss and OFD's partial L2. Each is its
+# authors' code, constants and quirks included (docs/methods.md, "Loss
+# functions of the methods after CRD", names the source file of each and the
+# readings chosen); tests/post_crd_losses_test.py checks each against our
+# PyTorch port in tests/torch_reference/post_crd_losses.py. Float inputs are
+# cast to float32 on entry, so bf16 activations are compared in float32.
+# Teacher inputs are not stop-gradiented here: the caller decides.
+
+
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+  """sqrt(x) with torch's zero gradient at x = 0 (a zero norm or std).
+
+  PyTorch's norm and std backward passes mask the 0 / 0 at a zero result;
+  a plain jnp.sqrt would give NaN gradients there.
+  """
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def logit_standardize(logits: jax.Array) -> jax.Array:
+  """LS's ``normalize``: each row's z-score, (z - mean) / (1e-7 + std).
+
+  The std is unbiased (ddof 1, torch.std's default) and the 1e-7 is added
+  to the std, not to the variance, as in the LS repository's KD, DKD and
+  MLKD. A constant row gives zeros (the eps case); its gradient is the
+  centring divided by 1e-7, as torch's.
+  """
+  z = logits.astype(jnp.float32)
+  k = z.shape[-1]
+  if k < 2:
+    raise ValueError(
+      f'logit_standardize needs at least 2 classes (got {k}): the '
+      'unbiased std of one value divides by zero.'
+    )
+  centred = z - jnp.mean(z, axis=-1, keepdims=True)
+  var = jnp.sum(centred * centred, axis=-1, keepdims=True) / (k - 1)
+  return centred / (1e-7 + _safe_sqrt(var))
+
+
+def _pearson_rows(a: jax.Array, b: jax.Array,
+                  eps: float = 1e-8) -> jax.Array:
+  """DIST's pearson_correlation: cosine of the row-centred rows, with eps
+  added to the product of the two norms."""
+  a = a - jnp.mean(a, axis=1, keepdims=True)
+  b = b - jnp.mean(b, axis=1, keepdims=True)
+  norms = (_safe_sqrt(jnp.sum(a * a, axis=1))
+           * _safe_sqrt(jnp.sum(b * b, axis=1)))
+  return jnp.sum(a * b, axis=1) / (norms + eps)
+
+
+def dist_terms(
+  logits_s: jax.Array, logits_t: jax.Array, temperature: float = 1.0
+) -> dict[str, jax.Array]:
+  """DIST's two relations, each times T^2: ``inter`` (1 - mean over the
+  batch of the Pearson correlation across classes) and ``intra`` (1 - mean
+  over the classes of the correlation across the batch), on softmax(z/T)."""
+  t = temperature
+  y_s = jax.nn.softmax(logits_s.astype(jnp.float32) / t, axis=1)
+  y_t = jax.nn.softmax(logits_t.astype(jnp.float32) / t, axis=1)
+  return {
+    'inter': t * t * (1.0 - jnp.mean(_pearson_rows(y_s, y_t))),
+    'intra': t * t * (1.0 - jnp.mean(_pearson_rows(y_s.T, y_t.T))),
+  }
+
+
+def dist_loss(logits_s: jax.Array, logits_t: jax.Array, beta: float = 1.0,
+              gamma: float = 1.0, temperature: float = 1.0) -> jax.Array:
+  """DIST (hunto): beta * T^2 * inter + gamma * T^2 * intra."""
+  terms = dist_terms(logits_s, logits_t, temperature)
+  return beta * terms['inter'] + gamma * terms['intra']
+
+
+# MLKD's forward_train adds these fixed temperatures to the configured one,
+# in this order, in every multi-temperature sum.
+MLKD_EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
+
+
+def _fraction_at_most_median(values: jax.Array) -> jax.Array:
+  """mean(values <= np.percentile(values, 50)) of a float32 vector.
+
+  numpy's linear percentile of float32 is float32: the middle value for an
+  odd length, b - (b - a) * 0.5 of the two middle values for an even one.
+  MLKD's masks enter its loss only through this fraction (1/2 without ties,
+  more with ties; never 0).
+  """
+  n = values.shape[0]
+  ordered = jnp.sort(values)
+  lower = ordered[(n - 1) // 2]
+  if n % 2:
+    threshold = lower
+  else:
+    upper = ordered[n // 2]
+    threshold = upper - (upper - lower) * 0.5
+  return jnp.mean((values <= threshold).astype(jnp.float32))
+
+
+def _class_correlation_loss(logits_s: jax.Array, logits_t: jax.Array,
+                            temperature: float) -> jax.Array:
+  """MLKD's cc_loss: squared difference of the (K, K) class Gram matrices
+  P^T P of softmax(z/T), summed, over K (no T^2)."""
+  p_s = jax.nn.softmax(logits_s / temperature, axis=1)
+  p_t = jax.nn.softmax(logits_t / temperature, axis=1)
+  return jnp.sum((p_t.T @ p_t - p_s.T @ p_s) ** 2) / logits_t.shape[1]
+
+
+def _batch_correlation_loss(logits_s: jax.Array, logits_t: jax.Array,
+                            temperature: float) -> jax.Array:
+  """MLKD's bc_loss: squared difference of the (B, B) batch Gram matrices
+  P P^T of softmax(z/T), summed, over B (no T^2)."""
+  p_s = jax.nn.softmax(logits_s / temperature, axis=1)
+  p_t = jax.nn.softmax(logits_t / temperature, axis=1)
+  return jnp.sum((p_t @ p_t.T - p_s @ p_s.T) ** 2) / logits_t.shape[0]
+
+
+def mlkd_terms(
+  s_weak: jax.Array, s_strong: jax.Array, t_weak: jax.Array,
+  t_strong: jax.Array, temperature: float, kd_weight: float,
+  standardize: bool = False,
+) -> dict[str, jax.Array]:
+  """Every distillation term of MLKD's forward_train, as its code computes
+  them (the authors' ``loss_kd`` is kd_weak + kd_strong).
+
+  With T in (temperature, 3, 5, 2, 6) and w = kd_weight:
+  - kd_weak: w * r_B * sum_T KD_T(weak);
+  - kd_strong: w * (KD_T0 + KD_3 + KD_5 of the strong view, KD_2 + KD_6 of
+    the weak view: the code's copy of the weak lines);
+  - cc: w * r_C * sum_T CC_T(weak); bc: w * r_B * sum_T BC_T(weak).
+  The code multiplies scalar losses by the confidence masks and averages,
+  so a mask acts only through its fraction: r_B = mean(conf <= median) of
+  the teacher's weak max-probability, r_C the same of its class sums, both
+  at T = 1 on raw logits. ``standardize`` is the LS variant: the KD terms
+  (only) see logit_standardize of both logits. KD_T is kd_loss; the strong
+  views' CC and BC terms, computed and dropped by the code, are left out.
+  """
+  s_weak, s_strong, t_weak, t_strong = (
+    x.astype(jnp.float32) for x in (s_weak, s_strong, t_weak, t_strong)
+  )
+  p_teacher = jax.nn.softmax(t_weak, axis=1)
+  r_batch = _fraction_at_most_median(jnp.max(p_teacher, axis=1))
+  r_class = _fraction_at_most_median(jnp.sum(p_teacher, axis=0))
+
+  # The logits the KD terms see (LS standardises them; CC, BC and the
+  # masks keep the raw ones).
+  kd_s_weak, kd_s_strong, kd_t_weak, kd_t_strong = (
+    logit_standardize(x) if standardize else x
+    for x in (s_weak, s_strong, t_weak, t_strong)
+  )
+
+  def kd_weak(temp):
+    return kd_loss(kd_s_weak, kd_t_weak, temp)
+
+  def kd_strong(temp):
+    return kd_loss(kd_s_strong, kd_t_strong, temp)
+
+  temperatures = (temperature,) + MLKD_EXTRA_TEMPERATURES
+  w = kd_weight
+  return {
+    'kd_weak': sum(w * r_batch * kd_weak(temp) for temp in temperatures),
+    'kd_strong': (
+      w * kd_strong(temperature) + w * kd_strong(3.0) + w * kd_strong(5.0)
+      + w * kd_weak(2.0) + w * kd_weak(6.0)
+    ),
+    'cc': sum(w * r_class * _class_correlation_loss(s_weak, t_weak, temp)
+              for temp in temperatures),
+    'bc': sum(w * r_batch * _batch_correlation_loss(s_weak, t_weak, temp)
+              for temp in temperatures),
+  }
+
+
+def mlkd_loss(
+  s_weak: jax.Array, s_strong: jax.Array, t_weak: jax.Array,
+  t_strong: jax.Array, temperature: float, kd_weight: float,
+  standardize: bool = False,
+) -> jax.Array:
+  """MLKD's distillation loss (all of forward_train's terms but CE): the
+  sum of mlkd_terms, whose entries a method logs one by one."""
+  return sum(mlkd_terms(s_weak, s_strong, t_weak, t_strong, temperature,
+                        kd_weight, standardize).values())
+
+
+def _check_same_shape(name: str, a: jax.Array, b: jax.Array) -> None:
+  if a.shape != b.shape:
+    raise ValueError(
+      f'{name}: student and teacher maps must have the same shape (got '
+      f'{a.shape} and {b.shape}); resize or pool them first.'
+    )
+
+
+def hcl_loss(feats_s: list[jax.Array],
+             feats_t: list[jax.Array]) -> jax.Array:
+  """ReviewKD's hierarchical context loss over paired NHWC maps, summed.
+
+  Per pair: the MSE at full size plus, for each l in (4, 2, 1) smaller than
+  the map's height, the MSE after adaptive average pooling to l x l with
+  weight 1/2, 1/4, 1/8 (halving per level taken), all divided by the sum of
+  the weights (1 + ...).
+  """
+  if len(feats_s) != len(feats_t):
+    raise ValueError(
+      f'hcl_loss: {len(feats_s)} student maps but {len(feats_t)} teacher '
+      'maps; pair every level.'
+    )
+  total = jnp.zeros((), jnp.float32)
+  for f_s, f_t in zip(feats_s, feats_t):
+    _check_same_shape('hcl_loss', f_s, f_t)
+    f_s, f_t = f_s.astype(jnp.float32), f_t.astype(jnp.float32)
+    loss = jnp.mean((f_s - f_t) ** 2)
+    weight, weights = 1.0, 1.0
+    for size in (4, 2, 1):
+      if size >= f_s.shape[1]:
+        continue
+      weight /= 2.0
+      loss = loss + weight * jnp.mean(
+        (adaptive_avg_pool(f_s, size) - adaptive_avg_pool(f_t, size)) ** 2
+      )
+      weights += weight
+    total = total + loss / weights
+  return total
+
+
+def ofd_loss(source: jax.Array, target: jax.Array,
+             margin: jax.Array) -> jax.Array:
+  """OFD's partial L2 (mdistiller's feat_loss) for one NHWC pair.
+
+  Elementwise, with the per-channel margin m (C,):
+  (s - m)^2 [s > m and t <= m] + (s - t)^2 [s > t and m < t <= 0]
+  + (s - t)^2 [t > 0], summed over H, W, C and averaged over the batch.
+  The target must already have the source's size (mdistiller pools the
+  teacher map to the student's: adaptive_avg_pool).
+  """
+  _check_same_shape('ofd_loss', source, target)
+  margin = jnp.asarray(margin, jnp.float32)
+  if margin.shape != (source.shape[-1],):
+    raise ValueError(
+      f'ofd_loss: the margin must have one value per channel, shape '
+      f'({source.shape[-1]},); got {margin.shape}.'
+    )
+  s, t = source.astype(jnp.float32), target.astype(jnp.float32)
+  loss = (
+    (s - margin) ** 2 * ((s > margin) & (t <= margin))
+    + (s - t) ** 2 * ((s > t) & (t > margin) & (t <= 0))
+    + (s - t) ** 2 * (t > 0)
+  )
+  return jnp.sum(jnp.mean(jnp.abs(loss), axis=0))
