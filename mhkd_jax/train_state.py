@@ -236,12 +236,20 @@ def train_state_for(
 def place_teacher(
   teacher: base.Teacher | None, config, mesh: Mesh
 ) -> tuple[nnx.GraphDef | None, nnx.State | None]:
-  """(graphdef, state) of the frozen teacher, its state replicated."""
+  """(graphdef, state) of the frozen teacher, its state replicated.
+
+  The teacher's convolution weights are stored in the compute dtype here,
+  once (``precision.frozen_weights``), on a copy: the loaded teacher keeps
+  float32 weights, since methods read it at setup and fit_teacher_heads
+  exports it as a checkpoint.
+  """
   if teacher is None:
     return None, None
+  teacher = nnx.clone(teacher)
   precision.set_compute_dtype(
     teacher, precision.compute_dtype(config.compute_dtype)
   )
+  precision.frozen_weights(teacher)
   graphdef, state = nnx.split(teacher)
   return graphdef, parallel.replicate(state, mesh)
 

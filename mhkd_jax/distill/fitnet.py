@@ -3,49 +3,12 @@ MSE(ConvReg(s_stage2), t_stage2)``; the hint is ``feat[2]`` (stage 2) and
 the regressor (``ConvReg``: a conv chosen by the two maps' sizes, then
 BatchNorm and ReLU) trains with the student."""
 
-import math
-
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from mhkd_jax import losses
 from mhkd_jax.distill import base, common
 from mhkd_jax.models import layers
 from mhkd_jax.run import errors
-
-
-class TransposedConv(nnx.Module):
-  """PyTorch's ConvTranspose2d(k, stride, padding) on NHWC.
-
-  ``kernel`` is (k, k, in, out), i.e. PyTorch's (in, out, k, k) weight
-  with its axes moved; the transposed conv is the input-dilated conv with
-  the spatially flipped kernel.
-  """
-
-  def __init__(self, in_channels, out_channels, kernel_size, *, stride,
-               padding, rngs):
-    # PyTorch's default init: fan_in from the weight's dim 1 (out) * k * k.
-    bound = 1.0 / math.sqrt(out_channels * kernel_size * kernel_size)
-    shape = (kernel_size, kernel_size, in_channels, out_channels)
-    self.kernel = nnx.Param(
-      jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
-    )
-    self.bias = nnx.Param(
-      jax.random.uniform(rngs.params(), (out_channels,), jnp.float32,
-                         -bound, bound)
-    )
-    self.stride, self.padding, self.size = stride, padding, kernel_size
-
-  def __call__(self, x):
-    edge = self.size - 1 - self.padding
-    y = jax.lax.conv_general_dilated(
-      x, jnp.flip(self.kernel[...], (0, 1)), window_strides=(1, 1),
-      padding=((edge, edge), (edge, edge)),
-      lhs_dilation=(self.stride, self.stride),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    )
-    return y + self.bias[...]
 
 
 class ConvReg(nnx.Module):
@@ -64,7 +27,7 @@ class ConvReg(nnx.Module):
                               kernel_init=layers.torch_default_kernel,
                               rngs=rngs)
     elif 2 * s_h == t_h:
-      self.conv = TransposedConv(s_c, t_c, 4, stride=2, padding=1, rngs=rngs)
+      self.conv = layers.TransposedConv(s_c, t_c, 4, stride=2, padding=1, rngs=rngs)
     elif s_h >= t_h:
       kernel = (1 + s_h - t_h, 1 + s_w - t_w)
       fan_in = s_c * kernel[0] * kernel[1]

@@ -15,7 +15,6 @@ from flax import nnx
 
 from mhkd_jax import losses
 from mhkd_jax.distill import base, common
-from mhkd_jax.distill.fitnet import TransposedConv
 from mhkd_jax.models import layers
 
 # RepDistiller's init phase uses lr 0.01 for these students (pretrain.py).
@@ -29,6 +28,10 @@ _LOW_LR_STUDENTS = frozenset({
 def _conv3x3(cin, cout, rngs):
   return layers.conv(cin, cout, 3, padding=1, bias=True,
                      kernel_init=layers.torch_default_kernel, rngs=rngs)
+
+
+def _deconv3x3(cin, cout, rngs):
+  return layers.TransposedConv(cin, cout, 3, stride=1, padding=1, rngs=rngs)
 
 
 def _leaky(x):
@@ -45,9 +48,8 @@ class Paraphraser(nnx.Module):
       _conv3x3(factor, factor, rngs),
     ])
     self.decoder = nnx.List([
-      TransposedConv(factor, factor, 3, stride=1, padding=1, rngs=rngs),
-      TransposedConv(factor, channels, 3, stride=1, padding=1, rngs=rngs),
-      TransposedConv(channels, channels, 3, stride=1, padding=1, rngs=rngs),
+      _deconv3x3(factor, factor, rngs), _deconv3x3(factor, channels, rngs),
+      _deconv3x3(channels, channels, rngs),
     ])
 
   def encode(self, x):

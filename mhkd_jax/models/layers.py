@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes as nnx_dtypes
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu').
 kaiming_normal_fan_out = nnx.initializers.variance_scaling(
@@ -67,10 +68,70 @@ def conv(
   )
 
 
-def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  """BatchNorm2d/1d with PyTorch's defaults (momentum 0.1 == Flax 0.9)."""
-  return nnx.BatchNorm(
-    num_features, momentum=0.9, epsilon=1e-5, rngs=rngs
+class TransposedConv(nnx.Module):
+  """PyTorch's ConvTranspose2d(k, stride, padding) on NHWC.
+
+  ``kernel`` is (k, k, in, out), i.e. PyTorch's (in, out, k, k) weight
+  with its axes moved; the transposed conv is the input-dilated conv with
+  the spatially flipped kernel. Like ``nnx.Conv`` it computes in ``dtype``
+  (set by ``precision.set_compute_dtype``; None: the inputs' promoted
+  dtype): input, kernel and bias are cast to it first, since
+  ``lax.conv_general_dilated`` takes operands of one dtype only.
+  """
+
+  def __init__(self, in_channels, out_channels, kernel_size, *, stride,
+               padding, rngs, dtype=None):
+    # PyTorch's default init: fan_in from the weight's dim 1 (out) * k * k.
+    bound = 1.0 / math.sqrt(out_channels * kernel_size * kernel_size)
+    shape = (kernel_size, kernel_size, in_channels, out_channels)
+    self.kernel = nnx.Param(
+      jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+    )
+    self.bias = nnx.Param(
+      jax.random.uniform(rngs.params(), (out_channels,), jnp.float32,
+                         -bound, bound)
+    )
+    self.stride, self.padding, self.size = stride, padding, kernel_size
+    self.dtype = dtype
+
+  def __call__(self, x):
+    x, kernel, bias = nnx_dtypes.promote_dtype(
+      (x, self.kernel[...], self.bias[...]), dtype=self.dtype
+    )
+    edge = self.size - 1 - self.padding
+    y = jax.lax.conv_general_dilated(
+      x, jnp.flip(kernel, (0, 1)), window_strides=(1, 1),
+      padding=((edge, edge), (edge, edge)),
+      lhs_dilation=(self.stride, self.stride),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
+    return y + bias
+
+
+class BatchNorm(nnx.BatchNorm):
+  """``nnx.BatchNorm`` that normalises in float32 whatever the compute
+  dtype, and returns its input's dtype.
+
+  Flax casts the running statistics, scale and bias to the layer's
+  ``dtype`` before normalising, so a bf16 layer would normalise an eval
+  batch with bf16 statistics (three significant digits of the variance).
+  Here the layer's ``dtype`` stays float32 (``precision``'s rule): batch
+  statistics, running statistics and the affine map are float32, and only
+  the output is rounded back to the activations' dtype (a no-op in a
+  float32 run). ``x`` is handed to flax unchanged, so
+  ``fold.fold_batchnorm`` still sees the convolution output it pairs.
+  """
+
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    y = super().__call__(x, use_running_average, mask=mask)
+    return y.astype(x.dtype)
+
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> BatchNorm:
+  """BatchNorm2d/1d with PyTorch's defaults (momentum 0.1 == Flax 0.9),
+  computing in float32 (``BatchNorm``)."""
+  return BatchNorm(
+    num_features, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, rngs=rngs
   )
 
 
@@ -86,8 +147,13 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs):
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-  """Mean over H and W (NHWC -> NC); equals AvgPool2d(H) on square maps."""
-  return jnp.mean(x, axis=(1, 2))
+  """Mean over H and W (NHWC -> NC); equals AvgPool2d(H) on square maps.
+
+  Float32 whatever the activations' dtype: the pooled vector feeds the
+  classifier (float32 by ``precision``'s rule) and the pooled-feature
+  losses, so it is not rounded to bf16 on the way.
+  """
+  return jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
