@@ -5,18 +5,59 @@ PyTorch literature: cross-entropy is a batch mean, and the distillation term
 is ``DistillKL``: KL(softmax(t/T) || softmax(s/T)) summed over classes,
 averaged over the batch, times T^2 (the T^2 keeps gradient magnitudes
 independent of T, as in Hinton et al.).
+
+Every loss and feature statistic here computes in float32 whatever the
+dtype of the features and logits it is given (``in_float32``): in a bf16
+run only the activations are bf16 (``models/precision.py``).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def float32(tree):
+  """``tree`` with every floating-point array cast to float32; integer
+  and boolean arrays (labels, indices, masks) and Python numbers are left
+  as they are."""
+
+  def cast(x):
+    if (isinstance(x, (jax.Array, np.ndarray))
+        and jnp.issubdtype(x.dtype, jnp.floating)
+        and x.dtype != jnp.float32):
+      return x.astype(jnp.float32)
+    return x
+
+  return jax.tree.map(cast, tree)
+
+
+def in_float32(fn):
+  """Decorator of every loss and feature statistic here: its array
+  arguments (lists and dicts of them too) are cast to float32 on entry.
+
+  In a bf16 run the features and logits arrive in bf16 (three significant
+  digits); a Gram matrix, a distance written as |a|^2 + |b|^2 - 2ab or a
+  softmax computed there loses most of them. Casting at the loss, in this
+  one place, makes every method's loss float32 without casts in the
+  methods; in a float32 run it changes nothing.
+  """
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    return fn(*float32(args), **float32(kwargs))
+
+  return wrapper
 
 
 def _label_log_probs(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """log softmax(logits)[label], float32 [B, 1]."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
   return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)
 
 
+@in_float32
 def negative_log_likelihood(
   logits: jax.Array, labels: jax.Array
 ) -> jax.Array:
@@ -24,11 +65,13 @@ def negative_log_likelihood(
   return -_label_log_probs(logits, labels)[:, 0]
 
 
+@in_float32
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy against integer labels."""
   return -jnp.mean(_label_log_probs(logits, labels))
 
 
+@in_float32
 def kd_loss(
   student_logits: jax.Array,
   teacher_logits: jax.Array,
@@ -40,8 +83,8 @@ def kd_loss(
   side is a target (the step stops gradients into the frozen teacher).
   """
   t = temperature
-  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, -1)
-  log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, -1)
+  log_p_s = jax.nn.log_softmax(student_logits / t, -1)
+  log_p_t = jax.nn.log_softmax(teacher_logits / t, -1)
   p_t = jnp.exp(log_p_t)
   # p_t * (log p_t - log p_s); where p_t underflows to 0 the term is 0.
   kl = jnp.sum(jnp.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
@@ -96,6 +139,7 @@ def _pool_matrix(size: int, out: int) -> jax.Array:
   return jnp.asarray(rows, jnp.float32)
 
 
+@in_float32
 def adaptive_avg_pool(f: jax.Array, out: int) -> jax.Array:
   """F.adaptive_avg_pool2d(f, (out, out)) on NHWC."""
   _, h, w, _ = f.shape
@@ -105,6 +149,7 @@ def adaptive_avg_pool(f: jax.Array, out: int) -> jax.Array:
                     _pool_matrix(w, out))
 
 
+@in_float32
 def pool_to_smaller(f_s: jax.Array, f_t: jax.Array):
   """RepDistiller's rule when two maps differ in size: compare heights and
   pool the larger map to the smaller height, square."""
@@ -122,24 +167,28 @@ def _kl_sum(log_q: jax.Array, p: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(p > 0, p * (jnp.log(safe_p) - log_q), 0.0))
 
 
+@in_float32
 def hint_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   """FitNet: mean squared error between the regressed student feature and
   the teacher's."""
   return jnp.mean((f_s - f_t) ** 2)
 
 
+@in_float32
 def attention_map(f: jax.Array, p: float = 2.0) -> jax.Array:
   """AT's map: channel mean of |f|^p, flattened, l2-normalised: (B, H*W)."""
   a = jnp.mean(f**p, axis=-1)
   return _l2_normalize(a.reshape(a.shape[0], -1))
 
 
+@in_float32
 def attention_loss(f_s: jax.Array, f_t: jax.Array, p: float = 2.0):
   """AT for one feature pair: mean squared difference of the maps."""
   f_s, f_t = pool_to_smaller(f_s, f_t)
   return jnp.mean((attention_map(f_s, p) - attention_map(f_t, p)) ** 2)
 
 
+@in_float32
 def similarity_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   """SP: squared Frobenius distance of the row-normalised batch Gram
   matrices, over B^2."""
@@ -151,6 +200,7 @@ def similarity_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   return jnp.sum((g_t - g_s) ** 2) / (b * b)
 
 
+@in_float32
 def correlation_loss(e_s: jax.Array, e_t: jax.Array) -> jax.Array:
   """CC (RepDistiller's reading): mean over consecutive examples i of
   sum_d |e_s - e_t|_i * |e_s - e_t|_{i+1}."""
@@ -176,6 +226,7 @@ def _angles(x: jax.Array) -> jax.Array:
   return jnp.einsum('ijd,ikd->ijk', diff, diff).reshape(-1)
 
 
+@in_float32
 def rkd_loss(f_s: jax.Array, f_t: jax.Array, w_d: float = 25.0,
              w_a: float = 50.0) -> jax.Array:
   """RKD: smooth-L1 between mean-normalised pairwise distances (w_d) and
@@ -193,6 +244,7 @@ def rkd_loss(f_s: jax.Array, f_t: jax.Array, w_d: float = 25.0,
   return w_d * loss_d + w_a * loss_a
 
 
+@in_float32
 def pkt_loss(f_s: jax.Array, f_t: jax.Array, eps: float = 1e-7):
   """PKT: KL-like divergence between the cosine-similarity distributions
   of the batch (cosines mapped to [0, 1] and row-normalised)."""
@@ -212,6 +264,7 @@ def _poly_kernel_mean(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.mean(jnp.einsum('bic,bjc->bij', b, a) ** 2)
 
 
+@in_float32
 def nst_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   """NST: squared MMD with a degree-2 polynomial kernel between the
   channels' spatially l2-normalised activation patterns."""
@@ -226,6 +279,7 @@ def nst_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
           + _poly_kernel_mean(s, s) - 2.0 * _poly_kernel_mean(s, t))
 
 
+@in_float32
 def factor_loss(f_s: jax.Array, f_t: jax.Array, p1: float = 2.0,
                 p2: float = 1.0) -> jax.Array:
   """FT: distance between the normalised channel-mean maps of the two
@@ -237,6 +291,7 @@ def factor_loss(f_s: jax.Array, f_t: jax.Array, p1: float = 2.0,
   return jnp.mean(diff**p2)
 
 
+@in_float32
 def fsp_matrices(g: list[jax.Array]) -> list[jax.Array]:
   """FSP matrices of consecutive maps: (B, C_top, C_bottom), spatial mean
   of their products (the larger of the two pooled to the smaller)."""
@@ -249,6 +304,7 @@ def fsp_matrices(g: list[jax.Array]) -> list[jax.Array]:
   return out
 
 
+@in_float32
 def fsp_loss(g_s: list[jax.Array], g_t: list[jax.Array]) -> jax.Array:
   """FSP: sum over consecutive pairs of the mean squared difference of
   the student's and the teacher's FSP matrices."""
@@ -258,6 +314,7 @@ def fsp_loss(g_s: list[jax.Array], g_t: list[jax.Array]) -> jax.Array:
   )
 
 
+@in_float32
 def ab_loss(g_s: list[jax.Array], g_t: list[jax.Array],
             margin: float = 1.0) -> jax.Array:
   """AB: the activation-boundary hinge on pre-activations, summed over
@@ -273,6 +330,7 @@ def ab_loss(g_s: list[jax.Array], g_t: list[jax.Array],
   return total / 1000 * 3
 
 
+@in_float32
 def vid_loss(pred_mean: jax.Array, target: jax.Array, log_scale: jax.Array,
              eps: float = 1e-5) -> jax.Array:
   """VID: Gaussian negative log-likelihood of the teacher feature under the
@@ -281,6 +339,7 @@ def vid_loss(pred_mean: jax.Array, target: jax.Array, log_scale: jax.Array,
   return jnp.mean(0.5 * ((pred_mean - target) ** 2 / var + jnp.log(var)))
 
 
+@in_float32
 def contrast_loss(x: jax.Array, n_data: int, eps: float = 1e-7):
   """CRD's NCE objective on the (B, K + 1) scores, positive first."""
   x = x.reshape(x.shape[0], -1)
@@ -291,13 +350,14 @@ def contrast_loss(x: jax.Array, n_data: int, eps: float = 1e-7):
   return -(jnp.sum(log_d1) + jnp.sum(log_d0)) / batch
 
 
+@in_float32
 def dkd_loss(logits_s: jax.Array, logits_t: jax.Array, labels: jax.Array,
              alpha: float, beta: float, temperature: float) -> jax.Array:
   """DKD (mdistiller): alpha * TCKD (binary target-vs-rest KL) + beta *
   NCKD (KL among the non-target classes), each x T^2 / B."""
   t = temperature
-  s = logits_s.astype(jnp.float32) / t
-  te = logits_t.astype(jnp.float32) / t
+  s = logits_s / t
+  te = logits_t / t
   gt = jax.nn.one_hot(labels, s.shape[-1], dtype=jnp.float32)
   p_s, p_t = jax.nn.softmax(s, -1), jax.nn.softmax(te, -1)
 
@@ -318,7 +378,8 @@ def dkd_loss(logits_s: jax.Array, logits_t: jax.Array, labels: jax.Array,
 # functions of the methods after CRD", names the source file of each and the
 # readings chosen); tests/post_crd_losses_test.py checks each against our
 # PyTorch port in tests/torch_reference/post_crd_losses.py. Float inputs are
-# cast to float32 on entry, so bf16 activations are compared in float32.
+# cast to float32 on entry (``in_float32``), so bf16 activations are
+# compared in float32.
 # Teacher inputs are not stop-gradiented here: the caller decides.
 
 
@@ -332,6 +393,7 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
+@in_float32
 def logit_standardize(logits: jax.Array) -> jax.Array:
   """LS's ``normalize``: each row's z-score, (z - mean) / (1e-7 + std).
 
@@ -340,7 +402,7 @@ def logit_standardize(logits: jax.Array) -> jax.Array:
   MLKD. A constant row gives zeros (the eps case); its gradient is the
   centring divided by 1e-7, as torch's.
   """
-  z = logits.astype(jnp.float32)
+  z = logits
   k = z.shape[-1]
   if k < 2:
     raise ValueError(
@@ -363,6 +425,7 @@ def _pearson_rows(a: jax.Array, b: jax.Array,
   return jnp.sum(a * b, axis=1) / (norms + eps)
 
 
+@in_float32
 def dist_terms(
   logits_s: jax.Array, logits_t: jax.Array, temperature: float = 1.0
 ) -> dict[str, jax.Array]:
@@ -370,14 +433,15 @@ def dist_terms(
   batch of the Pearson correlation across classes) and ``intra`` (1 - mean
   over the classes of the correlation across the batch), on softmax(z/T)."""
   t = temperature
-  y_s = jax.nn.softmax(logits_s.astype(jnp.float32) / t, axis=1)
-  y_t = jax.nn.softmax(logits_t.astype(jnp.float32) / t, axis=1)
+  y_s = jax.nn.softmax(logits_s / t, axis=1)
+  y_t = jax.nn.softmax(logits_t / t, axis=1)
   return {
     'inter': t * t * (1.0 - jnp.mean(_pearson_rows(y_s, y_t))),
     'intra': t * t * (1.0 - jnp.mean(_pearson_rows(y_s.T, y_t.T))),
   }
 
 
+@in_float32
 def dist_loss(logits_s: jax.Array, logits_t: jax.Array, beta: float = 1.0,
               gamma: float = 1.0, temperature: float = 1.0) -> jax.Array:
   """DIST (hunto): beta * T^2 * inter + gamma * T^2 * intra."""
@@ -427,6 +491,7 @@ def _batch_correlation_loss(logits_s: jax.Array, logits_t: jax.Array,
   return jnp.sum((p_t @ p_t.T - p_s @ p_s.T) ** 2) / logits_t.shape[0]
 
 
+@in_float32
 def mlkd_terms(
   s_weak: jax.Array, s_strong: jax.Array, t_weak: jax.Array,
   t_strong: jax.Array, temperature: float, kd_weight: float,
@@ -447,9 +512,6 @@ def mlkd_terms(
   (only) see logit_standardize of both logits. KD_T is kd_loss; the strong
   views' CC and BC terms, computed and dropped by the code, are left out.
   """
-  s_weak, s_strong, t_weak, t_strong = (
-    x.astype(jnp.float32) for x in (s_weak, s_strong, t_weak, t_strong)
-  )
   p_teacher = jax.nn.softmax(t_weak, axis=1)
   r_batch = _fraction_at_most_median(jnp.max(p_teacher, axis=1))
   r_class = _fraction_at_most_median(jnp.sum(p_teacher, axis=0))
@@ -482,6 +544,7 @@ def mlkd_terms(
   }
 
 
+@in_float32
 def mlkd_loss(
   s_weak: jax.Array, s_strong: jax.Array, t_weak: jax.Array,
   t_strong: jax.Array, temperature: float, kd_weight: float,
@@ -501,6 +564,7 @@ def _check_same_shape(name: str, a: jax.Array, b: jax.Array) -> None:
     )
 
 
+@in_float32
 def hcl_loss(feats_s: list[jax.Array],
              feats_t: list[jax.Array]) -> jax.Array:
   """ReviewKD's hierarchical context loss over paired NHWC maps, summed.
@@ -518,7 +582,6 @@ def hcl_loss(feats_s: list[jax.Array],
   total = jnp.zeros((), jnp.float32)
   for f_s, f_t in zip(feats_s, feats_t):
     _check_same_shape('hcl_loss', f_s, f_t)
-    f_s, f_t = f_s.astype(jnp.float32), f_t.astype(jnp.float32)
     loss = jnp.mean((f_s - f_t) ** 2)
     weight, weights = 1.0, 1.0
     for size in (4, 2, 1):
@@ -533,6 +596,7 @@ def hcl_loss(feats_s: list[jax.Array],
   return total
 
 
+@in_float32
 def ofd_loss(source: jax.Array, target: jax.Array,
              margin: jax.Array) -> jax.Array:
   """OFD's partial L2 (mdistiller's feat_loss) for one NHWC pair.
@@ -550,7 +614,7 @@ def ofd_loss(source: jax.Array, target: jax.Array,
       f'ofd_loss: the margin must have one value per channel, shape '
       f'({source.shape[-1]},); got {margin.shape}.'
     )
-  s, t = source.astype(jnp.float32), target.astype(jnp.float32)
+  s, t = source, target
   loss = (
     (s - margin) ** 2 * ((s > margin) & (t <= margin))
     + (s - t) ** 2 * ((s > t) & (t > margin) & (t <= 0))
