@@ -31,6 +31,7 @@ from mhkd_jax.data import augment, input_pipeline  # noqa: E402
 from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: E402
 from mhkd_jax.interop import repdistiller  # noqa: E402
 from mhkd_jax.models import create_model  # noqa: E402
+from tests.torch_reference import distill_losses as ref  # noqa: E402
 from tests.torch_reference import models as torch_models  # noqa: E402
 from tests.torch_reference import post_crd_losses as ref_post  # noqa: E402
 
@@ -100,6 +101,17 @@ def _torch_terms(case, config, logit_s, logit_t, yt, step, extras):
     terms = {'ce': ce, 'dist/inter': inter, 'dist/intra': intra,
              'dist/logits': kd}
     return terms, c.ce_weight * ce + c.kd_weight * kd
+  # The LS code's KD and DKD: normalize() both logits, then the loss.
+  z_s, z_t = ref_post.normalize(logit_s), ref_post.normalize(logit_t)
+  if case == 'kd_ls':
+    c = config.kd
+    kd = ref.distill_kl(z_s, z_t, c.temperature)
+    return {'ce': ce, 'kd/logits': kd}, c.w_ce * ce + c.w_kd * kd
+  if case == 'dkd_ls':
+    c = config.dkd
+    dkd = ref.dkd_loss(z_s, z_t, yt, c.alpha, c.beta, c.temperature)
+    warmup = ref.dkd_warmup_factor(1, c.warmup_epochs)  # epoch 1
+    return {'ce': ce, 'dkd/logits': dkd}, c.ce_weight * ce + warmup * dkd
   raise ValueError(case)
 
 
@@ -112,6 +124,13 @@ def _torch_extras(method_name, config):
 # case -> (method, config overrides)
 CASES = {
   'dist': ('dist', {}),
+  # The LS code's resnet32x4 -> resnet8x4 settings: T 2, weight 9 (DKD:
+  # alpha 1 x 9, beta 8 x 9).
+  'kd_ls': ('kd', {'kd.logit_standardize': True, 'kd.temperature': 2.0,
+                   'kd.w_kd': 9.0}),
+  'dkd_ls': ('dkd', {'dkd.logit_standardize': True,
+                     'dkd.temperature': 2.0, 'dkd.alpha': 9.0,
+                     'dkd.beta': 72.0}),
 }
 
 
