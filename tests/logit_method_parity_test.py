@@ -10,6 +10,7 @@ agree within 1e-4 (relative above 1), the student's parameters (and
 CTKD's temperature) after three steps within 1e-4 relative.
 """
 
+import math
 import pathlib
 import sys
 
@@ -112,13 +113,60 @@ def _torch_terms(case, config, logit_s, logit_t, yt, step, extras):
     dkd = ref.dkd_loss(z_s, z_t, yt, c.alpha, c.beta, c.temperature)
     warmup = ref.dkd_warmup_factor(1, c.warmup_epochs)  # epoch 1
     return {'ce': ce, 'dkd/logits': dkd}, c.ce_weight * ce + warmup * dkd
+  if case.startswith('ctkd'):
+    c = config.ctkd
+    epoch = 1 + step // STEPS  # CTKD's 1-based epoch; STEPS per epoch
+    lambda_ = _cosine_decay(epoch, c.decay_max, c.decay_min, c.decay_loops)
+    temp = c.t_start + c.t_end * torch.sigmoid(
+      extras['temperature'](lambda_))
+    if c.logit_standardize:  # DistillKL_logit_stand
+      s, t = z_s, z_t
+    else:  # DistillKL
+      s, t = logit_s, logit_t
+    kd = torch.nn.KLDivLoss(reduction='batchmean')(
+      torch.log_softmax(s / temp, dim=1),
+      torch.softmax(t / temp, dim=1)) * temp * temp
+    terms = {'ce': ce, 'kd/logits': kd,
+             'ctkd/temperature': temp.reshape(())}
+    return terms, c.w_ce * ce + c.w_kd * kd
   raise ValueError(case)
+
+
+class _ReverseGrad(torch.autograd.Function):
+  """CTKD's GradientReversalFunction: identity; gradient times lambda."""
+
+  @staticmethod
+  def forward(ctx, x, lambda_):
+    ctx.lambda_ = lambda_
+    return x.clone()
+
+  @staticmethod
+  def backward(ctx, grads):
+    return grads.new_tensor(ctx.lambda_) * grads, None
+
+
+class _GlobalT(torch.nn.Module):
+  """CTKD's Global_T: one parameter (1), returned through the GRL."""
+
+  def __init__(self):
+    super().__init__()
+    self.global_T = torch.nn.Parameter(torch.ones(1))
+
+  def forward(self, lambda_):
+    return _ReverseGrad.apply(self.global_T, lambda_)
+
+
+def _cosine_decay(i, max_value, min_value, loops):
+  """CTKD's CosineDecay.get_value."""
+  i = min(max(i, 0), loops)
+  value = (math.cos(i * math.pi / loops) + 1.0) * 0.5
+  return value * (max_value - min_value) + min_value
 
 
 def _torch_extras(method_name, config):
   """PyTorch modules trained beside the student, by the JAX part name."""
-  del method_name, config
-  return {}
+  del config
+  return {'temperature': _GlobalT()} if method_name == 'ctkd' else {}
 
 
 # case -> (method, config overrides)
@@ -128,6 +176,8 @@ CASES = {
   # alpha 1 x 9, beta 8 x 9).
   'kd_ls': ('kd', {'kd.logit_standardize': True, 'kd.temperature': 2.0,
                    'kd.w_kd': 9.0}),
+  'ctkd': ('ctkd', {}),
+  'ctkd_no_ls': ('ctkd', {'ctkd.logit_standardize': False}),
   'dkd_ls': ('dkd', {'dkd.logit_standardize': True,
                      'dkd.temperature': 2.0, 'dkd.alpha': 9.0,
                      'dkd.beta': 72.0}),
