@@ -22,7 +22,6 @@ not pass it: its runs, the LS README's CTKD+Ours, are standardised. Here
 ``ctkd.logit_standardize`` says what it means, True by default to match.
 """
 
-import functools
 import math
 
 import jax
@@ -35,7 +34,7 @@ from mhkd_jax.distill import base, standardize
 from mhkd_jax.models import features
 
 
-@functools.partial(jax.custom_vjp)
+@jax.custom_vjp
 def gradient_reversal(x: jax.Array, scale: jax.Array) -> jax.Array:
   """Identity forward; backward multiplies the gradient by ``scale``
   (CTKD's GradientReversalFunction: the reversal is a negative scale)."""
