@@ -26,7 +26,8 @@ import statistics
 import sys
 
 METHODS = ('ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt',
-           'ab', 'ft', 'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'mhkd')
+           'ab', 'ft', 'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'mhkd',
+           'dist', 'ctkd')
 
 
 def _parse_args(argv):

@@ -91,3 +91,25 @@ def test_fsp_on_pairs_of_other_widths_names_the_fix():
   with pytest.raises(errors.ConfigError,
                      match=r'equal channel counts: student \[.*\], teacher'):
     _trainable('vgg13-MobileNetV2,fsp')
+
+
+def test_logit_standardization_runs_carry_the_ls_codes_settings():
+  kd = cifar100.get_config('resnet110-resnet20,kd,ls')
+  assert kd.kd.logit_standardize and (kd.kd.temperature, kd.kd.w_kd,
+                                      kd.kd.w_ce) == (4.0, 12.0, 0.1)
+  dkd = cifar100.get_config('vgg13-vgg8,dkd,ls')
+  assert dkd.dkd.logit_standardize
+  assert (dkd.dkd.temperature, dkd.dkd.alpha, dkd.dkd.beta) == (2.0, 15.0,
+                                                                30.0)
+  # A pair the LS code does not report: its defaults, T 2 and weight 9.
+  other = cifar100.get_config('ResNet50-vgg8,dkd,ls')
+  assert (other.dkd.temperature, other.dkd.alpha, other.dkd.beta) == (
+    2.0, 9.0, 72.0)
+  assert not cifar100.get_config('vgg13-vgg8,dkd').dkd.logit_standardize
+  assert cifar100.PUBLISHED_LS[('resnet32x4-resnet8x4', 'dkd')] == 77.01
+  for teacher, student in cifar100.PAIRS:
+    for method in cifar100.LS_METHODS:
+      validation.validate(
+        cifar100.get_config(f'{teacher}-{student},{method},ls'))
+  with pytest.raises(errors.ConfigError, match='PAIR,METHOD,ls'):
+    cifar100.get_config('vgg13-vgg8,fitnet,ls')

@@ -27,6 +27,7 @@ METHOD_TERMS = {
   'pkt': 'pkt/pooled', 'nst': 'nst/stages', 'crd': 'crd/pooled',
   'crd_kd': 'crd/pooled', 'dkd': 'dkd/logits', 'ft': 'ft/last_stage',
   'fsp': 'fsp/after_init', 'ab': 'ab/after_init',
+  'dist': 'dist/logits', 'ctkd': 'ctkd/temperature',
 }
 # Methods that train a preliminary phase first, in workdir/preliminary.
 PRELIMINARY = {'ft': 'mse/reconstruction', 'fsp': 'fsp/features',

@@ -3,6 +3,10 @@
   python -m mhkd_jax.main --config=configs/cifar100.py:PAIR,METHOD \
       --workdir=runs/cifar100/PAIR/METHOD
 
+``PAIR,METHOD,ls`` is the logit-standardization run of ``kd``, ``dkd``
+(or ``mhkd``) with the LS code's per-pair temperature and weight
+(``LS_SETTINGS``).
+
 PAIR is ``teacher-student`` (``resnet32x4-resnet8x4``, ``vgg13-MobileNetV2``,
 ... the 13 of ``PAIRS``); METHOD is any registered method (``ce``: the
 student alone, ``kd``, ``fitnet``, ... ``dkd``, ``fit_teacher_heads``: MHKD
@@ -59,6 +63,59 @@ DKD_BETA = {
 }
 
 
+# The LS code's runs (sunshangquan/logit-standardization-KD, the names of
+# its logs: METHOD,TEACHER,STUDENT,BASE_TEMPERATURE,KD_WEIGHT[,DKD BETA]):
+# (temperature, weight[, beta]) per pair; the pairs it does not report take
+# its command-line defaults (--base-temp 2 --kd-weight 9). KD+LS sets
+# kd.temperature and kd.w_kd (w_ce stays 0.1); DKD+LS sets the
+# temperature and multiplies alpha and beta by the weight.
+LS_DEFAULT = (2.0, 9.0)
+LS_SETTINGS = {
+  'kd': {
+    ('resnet32x4', 'resnet8x4'): (2.0, 9.0), ('vgg13', 'vgg8'): (3.0, 9.0),
+    ('wrn_40_2', 'wrn_40_1'): (2.0, 9.0), ('wrn_40_2', 'wrn_16_2'): (2.0, 9.0),
+    ('resnet56', 'resnet20'): (2.0, 9.0), ('resnet110', 'resnet32'): (2.0, 9.0),
+    ('resnet110', 'resnet20'): (4.0, 12.0),
+    ('resnet32x4', 'ShuffleV2'): (2.0, 9.0),
+    ('vgg13', 'MobileNetV2'): (3.0, 9.0),
+    ('ResNet50', 'MobileNetV2'): (3.0, 1.0),
+  },
+  'dkd': {
+    ('resnet32x4', 'resnet8x4'): (2.0, 9.0, 8.0),
+    ('vgg13', 'vgg8'): (2.0, 15.0, 2.0),
+    ('wrn_40_2', 'wrn_40_1'): (2.0, 12.0, 2.0),
+    ('wrn_40_2', 'wrn_16_2'): (2.0, 12.0, 2.0),
+    ('resnet56', 'resnet20'): (3.0, 18.0, 2.0),
+    ('resnet110', 'resnet32'): (2.0, 15.0, 2.0),
+    ('resnet110', 'resnet20'): (2.0, 15.0, 2.0),
+    ('resnet32x4', 'ShuffleV2'): (2.0, 9.0, 8.0),
+    ('vgg13', 'MobileNetV2'): (3.0, 9.0, 2.0),
+    ('ResNet50', 'MobileNetV2'): (2.0, 15.0, 2.0),
+  },
+}
+LS_METHODS = ('kd', 'dkd', 'mhkd')
+# The LS README's CIFAR-100 numbers (its best epoch, as mdistiller's
+# trainer logs), keyed (PAIR, METHOD) for the LS runs of the pairs here.
+_LS_PUBLISHED = {
+  'kd': {('resnet32x4', 'resnet8x4'): 76.62, ('vgg13', 'vgg8'): 74.36,
+         ('wrn_40_2', 'wrn_40_1'): 74.37, ('wrn_40_2', 'wrn_16_2'): 76.11,
+         ('resnet56', 'resnet20'): 71.43, ('resnet110', 'resnet32'): 74.17,
+         ('resnet110', 'resnet20'): 71.48, ('resnet32x4', 'ShuffleV2'): 75.56,
+         ('vgg13', 'MobileNetV2'): 68.61, ('ResNet50', 'MobileNetV2'): 69.02},
+  'dkd': {('resnet32x4', 'resnet8x4'): 77.01, ('vgg13', 'vgg8'): 74.81,
+          ('wrn_40_2', 'wrn_40_1'): 74.89, ('wrn_40_2', 'wrn_16_2'): 76.39,
+          ('resnet56', 'resnet20'): 72.32, ('resnet110', 'resnet32'): 74.29,
+          ('resnet110', 'resnet20'): 71.85,
+          ('resnet32x4', 'ShuffleV2'): 77.37,
+          ('vgg13', 'MobileNetV2'): 69.98,
+          ('ResNet50', 'MobileNetV2'): 70.45},
+}
+PUBLISHED_LS = {
+  (f'{t}-{s}', method): column.get((t, s))
+  for method, column in _LS_PUBLISHED.items() for t, s in PAIRS
+}
+
+
 def _column(*values):
   return dict(zip(PAIRS, values))
 
@@ -82,6 +139,20 @@ _TABLE = {
   'dkd': _column(76.23, 74.81, 71.97, None, 74.11, 76.32, 74.68, 69.71,
                  70.35, None, 76.45, 77.07, 76.70),
 }
+# hunto/DIST_KD's README (mean of its runs) for the pairs it shares.
+_TABLE['dist'] = {
+  ('wrn_40_2', 'wrn_40_1'): 74.43, ('resnet56', 'resnet20'): 71.75,
+  ('resnet32x4', 'resnet8x4'): 76.31, ('ResNet50', 'MobileNetV2'): 68.66,
+  ('resnet32x4', 'ShuffleV1'): 76.34, ('resnet32x4', 'ShuffleV2'): 77.35,
+}
+# The LS README's CTKD+Ours (ctkd's default has LS on, as its runs).
+_TABLE['ctkd'] = {
+  ('resnet32x4', 'resnet8x4'): 76.67, ('vgg13', 'vgg8'): 74.47,
+  ('wrn_40_2', 'wrn_40_1'): 74.58, ('wrn_40_2', 'wrn_16_2'): 76.08,
+  ('resnet56', 'resnet20'): 71.34, ('resnet110', 'resnet32'): 74.01,
+  ('resnet110', 'resnet20'): 71.39, ('resnet32x4', 'ShuffleV2'): 76.18,
+  ('vgg13', 'MobileNetV2'): 68.98, ('ResNet50', 'MobileNetV2'): 69.36,
+}
 PUBLISHED = {
   (f'{t}-{s}', method): _TABLE.get(method, {}).get((t, s))
   for t, s in PAIRS for method in METHODS
@@ -91,11 +162,18 @@ PUBLISHED.update({(t, 'teacher'): _TABLE['teacher'][pair]
 
 
 def _parse(arg: str):
-  """'resnet32x4-resnet8x4,crd' -> (teacher, student, method); a teacher
-  name alone -> (teacher, None, 'teacher')."""
+  """'resnet32x4-resnet8x4,crd' -> (teacher, student, method, False); a
+  trailing ',ls' sets the last to True; a teacher name alone -> (teacher,
+  None, 'teacher', False)."""
   if arg in TEACHERS:
-    return arg, None, distillation.TEACHER
+    return arg, None, distillation.TEACHER, False
   pair, _, method = arg.partition(',')
+  method, _, variant = method.partition(',')
+  if variant and (variant != 'ls' or method not in LS_METHODS):
+    raise errors.ConfigError(
+      f'Unknown run {arg!r}: the only variant is logit standardization, '
+      f'PAIR,METHOD,ls with METHOD one of {", ".join(LS_METHODS)}.'
+    )
   teacher, _, student = pair.partition('-')
   if (teacher, student) not in PAIRS or method not in METHODS:
     pairs = ', '.join(f'{t}-{s}' for t, s in PAIRS)
@@ -104,11 +182,26 @@ def _parse(arg: str):
       f'METHOD one of {", ".join(METHODS)}; or a teacher alone: '
       f'{", ".join(TEACHERS)}.'
     )
-  return teacher, student, method
+  return teacher, student, method, variant == 'ls'
+
+
+def _logit_standardization(config, method, pair) -> None:
+  """The LS code's switch, temperature and weight for this pair."""
+  section = config[method]
+  section.logit_standardize = True
+  settings = LS_SETTINGS.get(method, {}).get(pair, LS_DEFAULT)
+  temperature, weight = settings[:2]
+  section.temperature = temperature
+  if method == 'dkd':
+    beta = settings[2] if len(settings) > 2 else config.dkd.beta
+    config.dkd.alpha *= weight
+    config.dkd.beta = beta * weight
+  else:  # kd; mhkd (no source) takes KD's reading on its KD terms
+    setattr(section, 'w_kd', weight)
 
 
 def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
-  teacher, student, method = _parse(arg)
+  teacher, student, method, ls = _parse(arg)
   config = distillation.distillation_config(
     data=DATA, teacher=teacher, student=student, run=method
   )
@@ -117,4 +210,6 @@ def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
   if student in LOW_LR_STUDENTS:
     config.learning_rate = 0.01
   config.dkd.beta = DKD_BETA.get((teacher, student), 8.0)
+  if ls:
+    _logit_standardization(config, method, (teacher, student))
   return config

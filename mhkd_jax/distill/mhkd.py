@@ -6,6 +6,9 @@ Project reading (docs/methods.md; every weight is a config field)::
     + sum_k w_head * [KD_T(s_k, sg(t_k)) + w_head_ce * CE(s_k, y)]
     + [online teacher heads] sum_k CE(t_k(sg(teacher feats)), y)
 
+With ``mhkd.logit_standardize`` every KD_T term (final and head pairs)
+sees LS's z-scored logits on both sides.
+
 Student stage k's head s_k is matched with teacher stage k's head t_k. The
 student-head terms back-propagate into the student backbone: that is how
 MHKD teaches intermediate layers. Teacher heads are either fitted before
@@ -20,7 +23,7 @@ import jax
 import ml_collections
 
 from mhkd_jax import losses
-from mhkd_jax.distill import base
+from mhkd_jax.distill import base, standardize
 from mhkd_jax.models import features, heads
 from mhkd_jax.run import errors
 
@@ -57,6 +60,9 @@ class MHKD(base.Method):
     # Each head pair adds w_head * (KD_T(s_k, t_k) + w_head_ce * CE(s_k, y)).
     cfg.w_head = 1.0
     cfg.w_head_ce = 0.0
+    # LS on every KD term (final logits and each head pair): both sides
+    # z-scored first (distill/standardize); the CE terms see raw logits.
+    cfg.logit_standardize = False
     return cfg
 
   def validate_config(self, check):
@@ -69,6 +75,7 @@ class MHKD(base.Method):
       check.number(f'mhkd.{weight}', minimum=0)
     check.names('mhkd.stages')
     check.names('mhkd.teacher_stages')
+    standardize.validate(check, 'mhkd')
 
   @property
   def online(self) -> bool:
@@ -129,14 +136,16 @@ class MHKD(base.Method):
           t_logits, labels
         )
     terms['ce'] = losses.cross_entropy(logits, labels)
+    ls = cfg.logit_standardize
     terms['kd/logits'] = losses.kd_loss(
-      logits, teacher_out.logits, cfg.temperature
+      *standardize.logits(ls, logits, teacher_out.logits), cfg.temperature
     )
     total = cfg.w_ce * terms['ce'] + cfg.w_kd * terms['kd/logits']
     for s_stage, t_stage in trainable.stage_pairs:
       target = jax.lax.stop_gradient(teacher_head_logits[t_stage])
       s_logits = student_head_logits[s_stage]
-      kd = losses.kd_loss(s_logits, target, cfg.temperature)
+      kd = losses.kd_loss(*standardize.logits(ls, s_logits, target),
+                          cfg.temperature)
       ce = losses.cross_entropy(s_logits, labels)
       terms[f'kd/{s_stage}'] = kd
       terms[f'ce/{s_stage}'] = ce
