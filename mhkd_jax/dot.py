@@ -129,9 +129,21 @@ def dot(
 # Which parameters each loss reaches.
 
 
+# Equations that run their inner jaxpr once on exactly their operands, so
+# that each output's dependence is the inner one. Loops (scan, while) also
+# carry a jaxpr of the same arity, but one pass of their body is not their
+# dependence: they, branches and anything else take the union of inputs.
+_CALLS = frozenset({
+  'jit', 'pjit', 'closed_call', 'core_call', 'remat2', 'checkpoint',
+  'custom_jvp_call', 'custom_vjp_call', 'custom_vjp_call_jaxpr', 'shard_map',
+})
+
+
 def _sub_jaxpr(eqn) -> jex.Jaxpr | None:
   """The jaxpr a call-like equation (jit, remat, custom_jvp/vjp) runs on
-  exactly its operands, or None (loops and branches)."""
+  exactly its operands, or None (loops, branches, primitives)."""
+  if eqn.primitive.name not in _CALLS:
+    return None
   for value in eqn.params.values():
     jaxpr = value.jaxpr if isinstance(value, jex.ClosedJaxpr) else value
     if (isinstance(jaxpr, jex.Jaxpr)

@@ -120,6 +120,24 @@ def test_first_distillation_step_of_a_distillation_only_leaf_skips_decay():
   np.testing.assert_allclose(u2['a'], [-0.29], rtol=1e-6)
 
 
+def test_gradient_masks_of_a_loop_take_every_carry():
+  """A scan's carry depends on every carry after two iterations, which one
+  pass of its body would miss."""
+  def losses_fn(p):
+    def body(carry, _):
+      a, b = carry
+      return (b, a * 2.0), None
+
+    (a, _), _ = jax.lax.scan(body, (p['a'], p['b']), None, length=2)
+    ce = jnp.sum(p['c'])
+    return ce + jnp.sum(a), ce
+
+  params = {k: jnp.ones(2) for k in 'abc'}
+  task, kd = dot.gradient_masks(losses_fn, params)
+  assert task == {'a': False, 'b': False, 'c': True}
+  assert kd == {'a': True, 'b': True, 'c': False}
+
+
 def test_gradient_masks_follow_what_each_loss_reaches():
   def losses_fn(p):
     hidden = jnp.tanh(p['shared'] * 2.0)
