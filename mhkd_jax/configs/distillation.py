@@ -77,8 +77,7 @@ def check_run(run: str, valid: tuple[str, ...] | None = None) -> None:
   name, with_dot = split_run(run)
   if name not in valid or (with_dot and name == TEACHER):
     raise errors.ConfigError(
-      f'Unknown run {run!r}; valid runs: {", ".join(valid)}, each method '
-      f'also as METHOD{DOT_SUFFIX} (trained with DOT).'
+      f'Unknown run {run!r}; valid runs: {", ".join(valid)}.'
     )
 
 
