@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mhkd_jax import losses, train_state
+from mhkd_jax import dot, losses, train_state
 from mhkd_jax.distill import base
 from mhkd_jax.distill.base import TeacherOutputs
 from mhkd_jax.models import features
@@ -118,7 +118,10 @@ def create_train_step(
   outputs are broadcast; otherwise the batch has the students axis too and
   the teacher runs on each student's batch (its state broadcast).
   """
-  update = _student_update(method, graphdef, tx, data)
+  if method.config.optimizer.name == dot.DOT:
+    update = _dot_update(method, graphdef, tx, data)
+  else:
+    update = _student_update(method, graphdef, tx, data)
 
   def teacher_outputs(teacher_state, images):
     if teacher_graphdef is None:
@@ -207,6 +210,68 @@ def _student_update(method, graphdef, tx, data) -> Callable:
       loss_fn, has_aux=True
     )(state.params, state.buffers)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      buffers=buffers, opt_state=opt_state,
+    )
+    metrics = {'loss': total, **terms}
+    if logits is not None:
+      metrics['acc'] = losses.accuracy(logits, batch.labels)
+    return new_state, metrics
+
+  return update
+
+
+def _dot_update(method, graphdef, tx, data) -> Callable:
+  """``_student_update`` with DOT (``mhkd_jax.dot``): the task and the
+  distillation gradient apart, and ``tx`` (``dot.dot``) given both.
+
+  The total is split at the method's cross-entropy term (``TASK_TERM``,
+  weight ``method.task_weight()``): task = w * ce, distillation = total -
+  task. One forward pass (``jax.vjp``) and two backward passes from it,
+  with cotangents (0, w) and (1, -w) on (total, ce): mdistiller's forward
+  once, ``loss_kd.backward(retain_graph=True)``, ``loss_ce.backward()``.
+  On the distillation side the two contributions to the ce node (w and
+  -w) cancel exactly, so that pass carries the distillation loss's
+  gradient alone. Two ``value_and_grad`` calls would run the forward
+  (and the BatchNorm statistics' update) twice. Which parameters each
+  loss reaches is read from the traced program (``dot.gradient_masks``).
+  """
+  weight = method.task_weight()
+
+  def update(state, batch, teacher_out):
+    context = base.StepContext(
+      step=state.step, epoch=state.step // data.steps_per_epoch,
+      rng=train_state.method_rng(state.rng, state.step),
+      num_train_examples=data.num_train_examples,
+      steps_per_epoch=data.steps_per_epoch,
+    )
+
+    def loss_fn(params):
+      # As in _student_update: fresh Variables in this trace.
+      trainable = nnx.merge(graphdef, params, state.buffers, copy=True)
+      total, terms, logits = method.loss(
+        trainable, teacher_out, batch, context
+      )
+      _, _, new_buffers = train_state.split_trainable(
+        trainable, method.trained_parameters()
+      )
+      return (total, terms[base.TASK_TERM]), (terms, logits, new_buffers)
+
+    task_mask, kd_mask = dot.gradient_masks(
+      lambda p: loss_fn(p)[0], state.params
+    )
+    (total, task), vjp_fn, (terms, logits, buffers) = jax.vjp(
+      loss_fn, state.params, has_aux=True
+    )
+    one = jnp.ones_like(total)
+    (task_grads,) = vjp_fn((jnp.zeros_like(total), weight * one))
+    (kd_grads,) = vjp_fn((one, -weight * one))
+    del task
+    updates, opt_state = tx.update(
+      task_grads, state.opt_state, state.params, kd_updates=kd_grads,
+      task_mask=task_mask, kd_mask=kd_mask,
+    )
     new_state = state.replace(
       step=state.step + 1, params=optax.apply_updates(state.params, updates),
       buffers=buffers, opt_state=opt_state,

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mhkd_jax import parallel
+from mhkd_jax import dot, parallel
 from mhkd_jax.distill import base
 from mhkd_jax.models import precision
 
@@ -128,8 +128,17 @@ def create_optimizer(config, steps_per_epoch: int):
   torch's ``SGD(weight_decay=wd)`` adds ``wd * w`` to the gradient of every
   parameter it holds (BatchNorm scales and biases included) before the
   momentum; ``add_decayed_weights`` before ``sgd`` does the same. The
-  teacher is never given to the optimizer.
+  teacher is never given to the optimizer. ``config.optimizer.name='dot'``
+  is mdistiller's DOT instead (``mhkd_jax.dot``: two momenta, the same
+  rate, schedule and weight decay); its update needs the two gradients.
   """
+  if config.optimizer.name == dot.DOT:
+    momentum, momentum_kd = dot.momenta(config.momentum,
+                                        config.optimizer.dot_delta)
+    return dot.dot(
+      create_learning_rate_fn(config, steps_per_epoch), momentum=momentum,
+      momentum_kd=momentum_kd, weight_decay=config.weight_decay,
+    )
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay),
     optax.sgd(

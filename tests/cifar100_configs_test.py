@@ -46,6 +46,29 @@ def test_published_numbers_and_recipe_details():
   assert mhkd.teacher.init == 'runs/cifar100/resnet32x4_heads'
 
 
+def test_dot_cells_carry_mdistillers_settings():
+  """mdistiller's configs/cifar100/dot/: KD, delta 0.075, the student's
+  rate; its README's KD+DOT numbers."""
+  for (teacher, student), published in [
+    (('resnet32x4', 'resnet8x4'), 75.12), (('vgg13', 'vgg8'), 73.77),
+    (('resnet32x4', 'ShuffleV2'), 75.55),
+  ]:
+    cell = f'{teacher}-{student},kd+dot'
+    config = cifar100.get_config(cell)
+    validation.validate(config)
+    assert (config.method, config.optimizer.name) == ('kd', 'dot')
+    assert config.optimizer.dot_delta == 0.075
+    assert (config.momentum, config.weight_decay) == (0.9, 5e-4)
+    assert (config.kd.temperature, config.kd.w_ce, config.kd.w_kd) == (
+      4.0, 0.1, 0.9)
+    assert config.learning_rate == (0.01 if student == 'ShuffleV2' else 0.05)
+    assert cifar100.PUBLISHED[(f'{teacher}-{student}', 'kd+dot')] == published
+  assert cifar100.get_config('resnet32x4-resnet8x4,kd').optimizer.name == 'sgd'
+  assert cifar100.get_config('vgg13-vgg8,dkd+dot').optimizer.name == 'dot'
+  with pytest.raises(errors.ConfigError, match='METHOD\\+dot'):
+    cifar100.get_config('resnet32x4-resnet8x4,kd+sgd')
+
+
 def test_unknown_cell_names_the_valid_ones():
   with pytest.raises(errors.ConfigError, match='PAIR,METHOD.*resnet32x4-'):
     cifar100.get_config('resnet32x4-resnet8,kd')

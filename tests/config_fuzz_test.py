@@ -41,6 +41,8 @@ POOLS = {
   'num_epochs': [-1, 0, 1, 2, 0.5],
   'learning_rate': [0.0, -0.1, 1e-3, 0.05, 1e30, NAN, INF],
   'momentum': [-0.5, 0.0, 0.9],
+  'optimizer.name': ['sgd', 'dot', 'adam'],
+  'optimizer.dot_delta': [-0.1, 0.0, 0.075, 0.95],
   'weight_decay': [-1.0, 0.0, 5e-4, 1e6],
   'lr_decay_fractions': [(), (0.5,), (0.9, 0.1), (0.5, 1.5), (0.5, 0.75)],
   'lr_decay_rate': [0.0, 0.1, -1.0],

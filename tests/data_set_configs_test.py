@@ -46,6 +46,11 @@ def test_imagenet_recipe():
   assert (dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (
     1.0, 0.5, 1.0, 1)
   assert imagenet.PUBLISHED['kd'] == 71.03
+  kd_dot = imagenet.get_config('kd+dot')
+  validation.validate(kd_dot)
+  assert (kd_dot.method, kd_dot.optimizer.name) == ('kd', 'dot')
+  assert kd_dot.optimizer.dot_delta == 0.09
+  assert imagenet.PUBLISHED['kd+dot'] == 71.72
 
 
 def _trainable(module, method, shape, classes):

@@ -192,6 +192,21 @@ def _validated(**overrides):
   ({'num_devices': 9}, r'num_devices=9 is more than the 8 devices'),
   ({'method': 'kd'}, r"teacher\.init='' must name a teacher checkpoint"),
   ({'checkpoint.every_steps': 0}, r'checkpoint\.every_steps=0 must be'),
+  ({'optimizer.name': 'adam'},
+   r"optimizer\.name='adam' is not a known optimizer; valid: sgd, dot"),
+  ({'optimizer.name': 'dot'},
+   r"optimizer\.name='dot' needs a method with a distillation loss, and "
+   r"method 'ce' has none; use config\.optimizer\.name='sgd'"),
+  ({'method': 'fit_teacher_heads', 'teacher.init': 'x',
+    'optimizer.name': 'dot'},
+   r"optimizer\.name='dot' needs a method with a task term .* method "
+   r"'fit_teacher_heads' declares none \(Method\.task_weight\)"),
+  ({'method': 'kd', 'teacher.init': 'x', 'optimizer.name': 'dot',
+    'nesterov': True}, r"nesterov=True cannot be used with config\.optimizer"
+   r"\.name='dot'.*set config\.nesterov=False"),
+  ({'method': 'kd', 'teacher.init': 'x', 'optimizer.name': 'dot',
+    'optimizer.dot_delta': 0.95},
+   r"optimizer\.dot_delta=0\.95 is more than config\.momentum=0\.9"),
 ])
 def test_validate_names_the_key_the_value_and_the_fix(overrides, message):
   with pytest.raises(errors.ConfigError, match=message):

@@ -6,7 +6,8 @@ path mapping, for the backbones AND the heads), same batches (augmentation
 off: crop padding 0, no flip; torch is fed the JAX-normalised batch). Three
 SGD steps (momentum 0.9, coupled weight decay 5e-4) of KD, MHKD with frozen
 teacher heads, and MHKD with online teacher heads (and KD and online MHKD
-with the JAX teacher's BatchNorms folded) must agree: every loss
+with the JAX teacher's BatchNorms folded; and KD and online MHKD with DOT,
+against mdistiller's DOT trainer) must agree: every loss
 term within 1e-4, every trained parameter within 1e-4 relative.
 
 BatchNorm running variance: PyTorch updates it with the UNBIASED batch
@@ -85,6 +86,11 @@ CASES = {
   'mhkd_online': ('mhkd', 'online', False),
   'kd_folded_teacher': ('kd', None, True),
   'mhkd_online_folded_teacher': ('mhkd', 'online', True),
+  # DOT (config.optimizer.name='dot') against mdistiller's DOT trainer:
+  # KD (every parameter gets both gradients) and online MHKD (the student
+  # and teacher heads get only the distillation gradient).
+  'kd_dot': ('kd', None, False, 'dot'),
+  'mhkd_online_dot': ('mhkd', 'online', False, 'dot'),
 }
 
 
@@ -101,9 +107,10 @@ def _one_torch_thread():
     ))
 
 
-def _config(method, mode):
+def _config(method, mode, optimizer='sgd'):
   config = test_config.get_config()
   config.method = method
+  config.optimizer.name = optimizer
   config.batch_size = BATCH
   config.mhkd.head = 'light'
   config.mhkd.head_width = 16
@@ -136,9 +143,9 @@ def _port(torch_module: torch.nn.Module, jax_module: nnx.Module) -> None:
   nnx.update(jax_module, state)
 
 
-def _build(method_name, mode):
+def _build(method_name, mode, optimizer='sgd'):
   """Torch and JAX modules with identical weights, and both steps."""
-  config = _config(method_name, mode)
+  config = _config(method_name, mode, optimizer)
   torch.manual_seed(0)
   t_teacher = torch_models.create_torch_model('resnet14', NUM_CLASSES)
   t_student = torch_models.create_torch_model('resnet8', NUM_CLASSES)
@@ -247,10 +254,10 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run_case(case):
-  method_name, mode, folded = CASES[case]
+  method_name, mode, folded, *optimizer = CASES[case]
   with jax.default_matmul_precision('highest'):
     config, method, teacher, trainable, t_step, torch_trained = _build(
-      method_name, mode
+      method_name, mode, *optimizer
     )
     initial = {
       role: (_flat(getattr(trainable, role), nnx.Param),
@@ -295,9 +302,18 @@ def _run_case(case):
   )
 
 
+class _Results(dict):
+  """Each case run once, when a test first asks for it (so that ``-k``
+  runs only the cases it selects)."""
+
+  def __missing__(self, case):
+    self[case] = _run_case(case)
+    return self[case]
+
+
 @pytest.fixture(scope='module')
 def results():
-  return {case: _run_case(case) for case in CASES}
+  return _Results()
 
 
 @pytest.mark.parametrize('case', list(CASES))

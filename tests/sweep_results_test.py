@@ -55,7 +55,7 @@ def test_scripts_mode_writes_one_launch_script_per_run(tmp_path):
 
 
 def _fake_run(root, rel, *, method, seeds_accs, num_students=1,
-              finished=True):
+              finished=True, optimizer=None):
   """A workdir as a run leaves it: config.json, and results.json with
   the given per-student (last, best) accuracies when finished."""
   workdir = os.path.join(root, rel)
@@ -63,6 +63,8 @@ def _fake_run(root, rel, *, method, seeds_accs, num_students=1,
   config = {'method': method, 'model': 'resnet8x4', 'seed': 0,
             'num_students': num_students,
             'teacher': {'model': 'resnet32x4'}, 'data': {'name': 'cifar100'}}
+  if optimizer is not None:
+    config['optimizer'] = {'name': optimizer}
   records.write_json(os.path.join(workdir, 'config.json'), config)
   if not finished:
     return
@@ -123,3 +125,16 @@ def test_table_has_mean_std_of_every_student_and_seed_and_marks_missing(
   assert os.path.getsize(
     tmp_path / 'curves_cifar100_resnet32x4-resnet8x4.png') > 1000
   assert (tmp_path / 'results.md').read_text().strip() == text.strip()
+
+
+def test_dot_runs_get_their_own_row_with_mdistillers_number(tmp_path):
+  root = str(tmp_path)
+  _fake_run(root, 'kd', method='kd', seeds_accs={0: (0.70, 0.72)},
+            optimizer='sgd')
+  _fake_run(root, 'kd+dot', method='kd', seeds_accs={0: (0.74, 0.75)},
+            optimizer='dot')
+  lines = results.write_report(root).splitlines()
+  kd = next(line for line in lines if line.startswith('| kd |'))
+  kd_dot = next(line for line in lines if line.startswith('| kd+dot |'))
+  assert '(n=1)' in kd and '[published 73.33]' in kd
+  assert 'last 74.00' in kd_dot and '[published 75.12]' in kd_dot

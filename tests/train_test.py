@@ -183,3 +183,29 @@ def test_bfloat16_compute_trains_like_float32_and_saves_float32(
   moved = sum(float(np.sum((w - i) ** 2)) for w, i in zip(f32, init))
   apart = sum(float(np.sum((b - w) ** 2)) for b, w in zip(exported, f32))
   assert moved > 0 and apart < 0.05 * moved
+
+
+@pytest.mark.slow
+def test_dot_run_killed_and_restarted_equals_uninterrupted(
+  mock_cifar, teacher_dir, tmp_path, disrupt_train_step
+):
+  """DOT's two momentum buffers and its step count are saved and restored
+  with the rest of the state."""
+  config = _config(teacher_dir, method='kd')
+  config.optimizer.name = 'dot'
+  expected = train.train_and_evaluate(config, str(tmp_path / 'whole'))
+  workdir = str(tmp_path / 'killed')
+  disrupt_train_step(at_call=6, action=_kill)  # after the step-4 checkpoint
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir)
+  disrupt_train_step.restore()
+  resumed = train.train_and_evaluate(config, workdir)
+  assert resumed['final'] == pytest.approx(expected['final'], abs=1e-6)
+  assert resumed['train'] == pytest.approx(expected['train'], rel=1e-5)
+  params = [
+    jax.tree.leaves(nnx.state(checkpoints.load_teacher(d).model, nnx.Param))
+    for d in (workdir, str(tmp_path / 'whole'))
+  ]
+  assert params[0]
+  for a, b in zip(*params):
+    np.testing.assert_allclose(a, b, atol=1e-6)

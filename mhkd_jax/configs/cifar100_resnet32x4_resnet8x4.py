@@ -13,6 +13,8 @@ SGD 0.05 momentum 0.9, wd 5e-4, x0.1 after epochs 150/180/210):
   mhkd_dih       the DIH-repo reading: online heads, alpha 0.1, beta 0.5
                  (w_ce 0.9, w_kd 0.1, w_head 0.05, w_head_ce 9)
   any other method, as configs/cifar100.py:resnet32x4-resnet8x4,METHOD
+  RUN+dot        any of these trained with DOT (kd+dot: mdistiller's KD+DOT,
+                 published 75.12, best epoch)
 
 Published numbers are last-epoch top-1 (RepDistiller README); MHKD has no
 published number for this pair: the MHKD paper's table is not public.
@@ -45,6 +47,7 @@ RUNS = distillation.runs() + MHKD_VARIANTS
 
 def get_config(run: str = 'mhkd'):
   distillation.check_run(run, RUNS)
+  run, with_dot = distillation.split_run(run)
   if run in MHKD_VARIANTS:
     config = cifar100.get_config('resnet32x4-resnet8x4,mhkd')
     config.mhkd.teacher_head_mode = 'online'
@@ -61,4 +64,6 @@ def get_config(run: str = 'mhkd'):
     config.mhkd.w_kd = alpha
     config.mhkd.w_head = beta * alpha
     config.mhkd.w_head_ce = (1 - alpha) / alpha
+  if with_dot:
+    config.optimizer.name = 'dot'
   return config

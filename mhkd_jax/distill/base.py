@@ -25,6 +25,8 @@ A method is one class in one module of this package, registered with
   top-1 agreement evaluation reports;
 * ``export(trainable, teacher)``: the network the run leaves behind as a
   teacher checkpoint (``workdir/export``), or None;
+* ``task_weight()``: the weight of its ``'ce'`` term in the total (the task
+  loss that DOT gives its own momentum), or None;
 * optionally ``preliminary()`` / ``load_preliminary(...)``: a phase trained
   first, in the same run's workdir (FT's paraphraser, FSP's and AB's
   student initialisation), and ``trained_parameters()``, the parameters the
@@ -50,6 +52,9 @@ from mhkd_jax.models import features
 # stage k of either network is '<role>/stage<k>'.
 STUDENT = 'student'
 TEACHER = 'teacher'
+# The term every method that trains a student on labels logs its
+# cross-entropy under (``Method.task_weight`` says its weight).
+TASK_TERM = 'ce'
 
 
 class MethodState(nnx.Variable):
@@ -219,6 +224,14 @@ class Method:
     context: StepContext,
   ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
     raise NotImplementedError
+
+  def task_weight(self) -> float | None:
+    """The weight of the student's cross-entropy ``terms[TASK_TERM]`` in
+    the total, or None for a method without that term. DOT
+    (``config.optimizer.name='dot'``) splits the total there: the weighted
+    term is the task loss (mdistiller's ``loss_ce``), everything else the
+    distillation loss (its ``loss_kd``), each with its own momentum."""
+    return None
 
   def trained_parameters(self):
     """The nnx filter of the parameters the optimizer trains: all by

@@ -17,6 +17,9 @@ class CrossEntropy(base.Method):
     del teacher
     return base.Trainable(student=self.create_student(data, rngs))
 
+  def task_weight(self):
+    return 1.0
+
   def loss(self, trainable, teacher_out, batch, context):
     del teacher_out, context
     logits, _ = features.forward_with_features(

@@ -80,6 +80,9 @@ class WeightedDistillation(base.Method):
     """``L_method`` (a scalar) from the features; see the module doc."""
     raise NotImplementedError
 
+  def task_weight(self):
+    return self.cfg.gamma
+
   def loss(self, trainable, teacher_out, batch, context):
     cfg = self.cfg
     logits, s_feats = features.forward_with_features(
@@ -133,14 +136,17 @@ def student_features_only(path, value) -> bool:
 
 def preliminary_config(config, method: str, learning_rate: float):
   """The config of a preliminary phase: ``init_epochs`` of ``method`` at a
-  constant rate (RepDistiller's ``helper/pretrain.py::init``), one eval at
-  its end."""
+  constant rate with SGD (RepDistiller's ``helper/pretrain.py::init``), one
+  eval at its end."""
   phase = copy.deepcopy(config)
   phase.method = method
   phase.num_epochs = config[config.method].init_epochs
   phase.learning_rate = learning_rate
   phase.lr_decay_fractions = ()
   phase.eval_every_epochs = phase.num_epochs
+  # RepDistiller's init phases are plain SGD, and have no task term to
+  # split off for DOT.
+  phase.optimizer.name = 'sgd'
   return phase
 
 

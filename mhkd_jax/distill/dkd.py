@@ -40,6 +40,9 @@ class DecoupledKD(base.Method):
     del teacher
     return base.Trainable(student=self.create_student(data, rngs))
 
+  def task_weight(self):
+    return self.cfg.ce_weight
+
   def loss(self, trainable, teacher_out, batch, context):
     cfg = self.cfg
     logits, _ = features.forward_with_features(

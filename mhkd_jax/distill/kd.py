@@ -34,6 +34,9 @@ class KD(base.Method):
     del teacher
     return base.Trainable(student=self.create_student(data, rngs))
 
+  def task_weight(self):
+    return self.cfg.w_ce
+
   def loss(self, trainable, teacher_out, batch, context):
     del context
     logits, _ = features.forward_with_features(

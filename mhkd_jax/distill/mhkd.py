@@ -119,6 +119,9 @@ class MHKD(base.Method):
       )
     return teacher_out.head_logits
 
+  def task_weight(self):
+    return self.cfg.w_ce
+
   def loss(self, trainable, teacher_out, batch, context):
     del context
     cfg, labels = self.cfg, batch.labels

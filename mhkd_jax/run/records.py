@@ -43,6 +43,8 @@ ADDED_KEYS = {
   'students_share_data': True,
   'students_loop': 'unroll',
   'teacher.fold_batchnorm': False,
+  'optimizer.name': 'sgd',
+  'optimizer.dot_delta': 0.075,
 }
 
 

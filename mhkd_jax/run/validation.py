@@ -141,6 +141,46 @@ def _check_trainer(checker: Checker) -> None:
     c.number(key, minimum=1, integer=True)
 
 
+def _check_optimizer(checker: Checker, method) -> None:
+  """``config.optimizer``: DOT needs a task term and a distillation term to
+  give their own momenta, and mdistiller's heavy-ball momentum."""
+  from mhkd_jax import dot  # noqa: PLC0415
+
+  c = checker
+  if not c.choice('optimizer.name', dot.OPTIMIZERS, 'optimizer'):
+    return
+  if c.value('optimizer.name') != dot.DOT:
+    return
+  name = c.value('method')
+  c.require(
+    method.needs_teacher, 'optimizer.name',
+    f'needs a method with a distillation loss, and method {name!r} has '
+    "none; use config.optimizer.name='sgd' for it.",
+  )
+  c.require(
+    not method.needs_teacher or method.task_weight() is not None,
+    'optimizer.name',
+    f'needs a method with a task term (the student\'s cross-entropy, '
+    f'logged as \'ce\') to give its own momentum, and method {name!r} '
+    "declares none (Method.task_weight); use config.optimizer.name='sgd', "
+    'or return the weight of its ce term from task_weight().',
+  )
+  c.require(
+    not c.value('nesterov'), 'nesterov',
+    "cannot be used with config.optimizer.name='dot' (mdistiller's DOT "
+    'is heavy-ball momentum); set config.nesterov=False.',
+  )
+  if c.number('optimizer.dot_delta', minimum=0) and isinstance(
+    c.value('momentum'), (int, float)
+  ):
+    c.require(
+      c.value('momentum') - c.value('optimizer.dot_delta') >= 0,
+      'optimizer.dot_delta',
+      f"is more than config.momentum={c.value('momentum')!r}: DOT's task "
+      'momentum, momentum - dot_delta, must be >= 0; lower dot_delta.',
+    )
+
+
 def validate(config) -> None:
   """Raises one ``ConfigError`` listing every impossible value."""
   from mhkd_jax import distill  # noqa: PLC0415  (methods import the trainer)
@@ -154,6 +194,7 @@ def validate(config) -> None:
       f'method {config.method!r} distils from a teacher.',
     )
     method.validate_config(checker)
+    _check_optimizer(checker, method)
   _check_trainer(checker)
   problems = checker.problems
   if len(problems) == 1:

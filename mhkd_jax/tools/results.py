@@ -57,12 +57,22 @@ def _pair(config: dict) -> str:
   return f'{teacher}-{model}' if teacher else model
 
 
+def _method(config: dict, method: str) -> str:
+  """The row a run belongs to: its method, as 'METHOD+dot' if it trained
+  with DOT (configs/distillation.py's run names)."""
+  from mhkd_jax.configs import distillation  # noqa: PLC0415
+
+  optimizer = config.get('optimizer', {}).get('name', 'sgd')
+  return distillation.run_label(method, optimizer)
+
+
 def _history_curve(history, key):
   return [(h['epoch'], h[key]) for h in history if key in h]
 
 
 def _finished(rel, config, results) -> list[Run]:
-  data, pair, method = results['data'], _pair(config), results['method']
+  data, pair = results['data'], _pair(config)
+  method = _method(config, results['method'])
   if results.get('teacher') and not config.get('teacher', {}).get('model'):
     pair = f'{results["teacher"]}-{results["model"]}'
   history = results.get('history', [])
@@ -83,7 +93,7 @@ def _unfinished(rel, config, status) -> list[Run]:
   seed = config.get('seed')
   n = config.get('num_students', 1)
   return [
-    Run(rel, data, _pair(config), config.get('method', '?'),
+    Run(rel, data, _pair(config), _method(config, config.get('method', '?')),
         None if seed is None else seed + k, status)
     for k in range(n)
   ]

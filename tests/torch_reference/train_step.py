@@ -12,6 +12,9 @@ against. It follows RepDistiller's ``train_student.py`` and
   heads and, in MHKD's online mode, teacher heads), never on the teacher;
 - ``DistillKL``: ``kl_div(log_softmax(s/T), softmax(t/T), 'sum') * T^2 /
   batch``;
+- with ``optimizer='dot'``, mdistiller's DOT trainer instead: the
+  distillation loss (all but ``w_ce * CE``) and the task loss backward
+  apart, into ``DistillationOrientedSGD`` (``tests/torch_reference/dot.py``);
 - ``adjust_learning_rate``: the rate is ``lr * rate**k`` with ``k`` the
   number of decay epochs that the 1-based epoch exceeds, set on every
   parameter group at the start of the epoch.
@@ -36,6 +39,7 @@ from torch import nn
 # The project's own list of modes, so that the two implementations accept
 # the same ones.
 from mhkd_jax.distill.mhkd import TEACHER_HEAD_MODES
+from tests.torch_reference.dot import DistillationOrientedSGD
 from tests.torch_reference.heads import AuxHeads, stage_features
 
 METHODS = ('kd', 'mhkd')
@@ -105,6 +109,8 @@ class DistillStep:
     w_head: float = 1.0,
     w_head_ce: float = 0.0,
     teacher_stages: Sequence[str] | None = None,
+    optimizer: str = 'sgd',
+    dot_delta: float = 0.075,
   ):
     if method not in METHODS:
       raise ValueError(f'method={method!r}; valid: {", ".join(METHODS)}.')
@@ -137,11 +143,19 @@ class DistillStep:
       self.pairs = ()
     # RepDistiller: the optimizer holds the trainable modules only; the
     # teacher (and frozen teacher heads) are never given to it.
-    self.optimizer = torch.optim.SGD(
-      [p for m in self.trainable_modules() for p in m.parameters()],
-      lr=learning_rate, momentum=momentum, weight_decay=weight_decay,
-      nesterov=nesterov,
-    )
+    trainable = [p for m in self.trainable_modules() for p in m.parameters()]
+    self.dot = optimizer == 'dot'
+    if self.dot:
+      # mdistiller's DOT trainer: momentum -/+ delta for task/distillation.
+      self.optimizer = DistillationOrientedSGD(
+        trainable, lr=learning_rate, momentum=momentum - dot_delta,
+        momentum_kd=momentum + dot_delta, weight_decay=weight_decay,
+      )
+    else:
+      self.optimizer = torch.optim.SGD(
+        trainable, lr=learning_rate, momentum=momentum,
+        weight_decay=weight_decay, nesterov=nesterov,
+      )
     for m in self.frozen_modules():
       m.requires_grad_(False)
 
@@ -199,14 +213,40 @@ class DistillStep:
         for _, t_stage in self.pairs:
           loss = loss + terms[f'ce/teacher_head/{t_stage}']
 
-    self.optimizer.zero_grad()
-    loss.backward()
-    self.optimizer.step()
+    if self.dot:
+      self._dot_backward_and_step(terms)
+    else:
+      self.optimizer.zero_grad()
+      loss.backward()
+      self.optimizer.step()
 
     out = {'loss': loss.detach()}
     out.update({k: v.detach() for k, v in terms.items()})
     out['acc'] = (logit_s.detach().argmax(1) == y).float().mean()
     return out
+
+
+  def _distillation_loss(self, terms) -> torch.Tensor:
+    """Everything in the loss but ``w_ce * CE``: mdistiller's ``loss_kd``."""
+    loss = self.w_kd * terms['kd/logits']
+    for s_stage, _ in self.pairs:
+      loss = loss + self.w_head * (
+        terms[f'kd/{s_stage}'] + self.w_head_ce * terms[f'ce/{s_stage}']
+      )
+    if self.online:
+      for _, t_stage in self.pairs:
+        loss = loss + terms[f'ce/teacher_head/{t_stage}']
+    return loss
+
+  def _dot_backward_and_step(self, terms) -> None:
+    """mdistiller's ``DOT.train_iter``: the distillation backward and
+    ``step_kd``, then the task backward and ``step``."""
+    self.optimizer.zero_grad(set_to_none=True)
+    self._distillation_loss(terms).backward(retain_graph=True)
+    self.optimizer.step_kd()
+    self.optimizer.zero_grad(set_to_none=True)
+    (self.w_ce * terms['ce']).backward()
+    self.optimizer.step()
 
 
 def create_step_from_config(
@@ -241,4 +281,6 @@ def create_step_from_config(
     nesterov=config.nesterov, temperature=loss_cfg.temperature,
     w_ce=loss_cfg.w_ce, w_kd=loss_cfg.w_kd, w_head=w_head,
     w_head_ce=w_head_ce, teacher_stages=t_stages,
+    optimizer=config.optimizer.name,
+    dot_delta=config.optimizer.dot_delta,
   )
