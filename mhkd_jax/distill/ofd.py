@@ -49,8 +49,12 @@ class Connector(nnx.Module):
 def margins(bn: nnx.BatchNorm) -> jax.Array:
   """Per channel, E[x | x < 0] for x ~ N(shift, |scale|^2) of ``bn``; -3
   |scale| where P(x < 0) <= 0.001 (mdistiller's rule)."""
-  std = jnp.abs(jnp.asarray(bn.scale[...], jnp.float32))
-  mean = jnp.asarray(bn.bias[...], jnp.float32)
+  scale, shift = bn.scale.get_value(), bn.bias.get_value()
+  if isinstance(scale, jax.ShapeDtypeStruct):
+    # A shapes-only teacher (config and shape checks): no values to read.
+    return jnp.zeros(scale.shape, jnp.float32)
+  std = jnp.abs(jnp.asarray(scale, jnp.float32))
+  mean = jnp.asarray(shift, jnp.float32)
   below = jax.scipy.stats.norm.cdf(-mean / std)
   safe = jnp.where(below > 0.001, below, 1.0)
   expected = (-std * jnp.exp(-((mean / std) ** 2) / 2)
