@@ -73,10 +73,14 @@ def compiler_options(mesh: Mesh) -> dict[str, str] | None:
 
 
 
-def teacher_forward(teacher: base.Teacher, x: jax.Array) -> TeacherOutputs:
-  """The frozen teacher in eval mode; every output stop-gradiented."""
+def teacher_forward(teacher: base.Teacher, x: jax.Array, *,
+                    batch_statistics: bool = False) -> TeacherOutputs:
+  """The frozen teacher, every output stop-gradiented. In eval mode, or
+  with ``batch_statistics`` normalising by the batch's statistics (OFD's
+  authors run the teacher in train mode); the running statistics it would
+  update are dropped with the merged module, so the teacher stays frozen."""
   logits, feats = features.forward_with_features(
-    teacher.model, x, train=False
+    teacher.model, x, train=batch_statistics
   )
   head_logits = None
   if teacher.heads is not None:
@@ -126,7 +130,10 @@ def create_train_step(
   def teacher_outputs(teacher_state, images):
     if teacher_graphdef is None:
       return None
-    return teacher_forward(nnx.merge(teacher_graphdef, teacher_state), images)
+    return teacher_forward(
+      nnx.merge(teacher_graphdef, teacher_state), images,
+      batch_statistics=method.teacher_batch_statistics,
+    )
 
   def train_step(state, batch, teacher_state):
     return update(state, batch, teacher_outputs(teacher_state, batch.images))

@@ -183,6 +183,9 @@ class Method:
   # The method whose preliminary phase this one is (FT's paraphraser,
   # AB's and FSP's initialisation), or None for a method of its own.
   phase_of: ClassVar[str | None] = None
+  # True: the train step runs the frozen teacher with its BatchNorms on
+  # the batch's statistics (train mode) instead of the running ones.
+  teacher_batch_statistics: ClassVar[bool] = False
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict | None:

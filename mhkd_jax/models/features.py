@@ -40,6 +40,21 @@ def stage_names(feats: dict[str, jax.Array]) -> tuple[str, ...]:
   return tuple(sorted(names, key=lambda k: int(k[len('stage') :])))
 
 
+def bn_before_relu(model: nnx.Module) -> dict[str, nnx.BatchNorm]:
+  """``'preact<k>'`` -> the BatchNorm whose output (plus a residual, for
+  ResNets) is that pre-activation: OFD's margins come from its scale and
+  shift. A model family declares them with a ``bn_before_relu()`` method.
+  """
+  if not hasattr(model, 'bn_before_relu'):
+    raise ValueError(
+      f'{type(model).__name__} does not say which BatchNorm precedes each '
+      "stage's ReLU (as in mdistiller, MobileNetV2 and ShuffleNets are not "
+      'OFD teachers); use a ResNet, WRN or VGG teacher.'
+    )
+  return {f'preact{i + 1}': bn
+          for i, bn in enumerate(model.bn_before_relu())}
+
+
 def feature_shapes(
   model: nnx.Module, input_shape: tuple[int, ...]
 ) -> dict[str, tuple[int, ...]]:

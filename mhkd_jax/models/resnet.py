@@ -88,6 +88,12 @@ class CifarResNet(nnx.Module):
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.fc(x)
 
+  def bn_before_relu(self) -> tuple[nnx.BatchNorm, ...]:
+    """Per stage, the BatchNorm behind ``preact<k>``: the last block's
+    bn2 (mdistiller's ``get_bn_before_relu``)."""
+    return tuple(stage[-1].bn2 for stage in (self.layer1, self.layer2,
+                                             self.layer3))
+
 
 def _factory(depth, filters):
   def create(*, num_classes: int, rngs: nnx.Rngs) -> CifarResNet:

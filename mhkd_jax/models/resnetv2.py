@@ -125,6 +125,14 @@ class ResNetV2(nnx.Module):
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.linear(x)
 
+  def bn_before_relu(self) -> tuple[nnx.BatchNorm, ...]:
+    """Per stage, the BatchNorm behind ``preact<k>``: the last block's
+    last BatchNorm, bn3 (bottleneck) or bn2 (mdistiller's
+    ``get_bn_before_relu``)."""
+    stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+    return tuple(s[-1].bn3 if hasattr(s[-1], 'bn3') else s[-1].bn2
+                 for s in stages)
+
 
 def _factory(block, num_blocks):
   def create(*, num_classes: int, rngs: nnx.Rngs) -> ResNetV2:

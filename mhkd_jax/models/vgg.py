@@ -101,6 +101,12 @@ class VGG(nnx.Module):
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.classifier(x)
 
+  def bn_before_relu(self) -> tuple[nnx.BatchNorm, ...]:
+    """Per stage, the BatchNorm that ends block k and gives ``preact<k>``
+    (mdistiller's ``get_bn_before_relu``)."""
+    return tuple(b[-1] for b in (self.block1, self.block2, self.block3,
+                                 self.block4))
+
 
 def _factory(cfg_name: str):
   def create(*, num_classes: int, rngs: nnx.Rngs) -> VGG:

@@ -139,6 +139,12 @@ class WideResNet(nnx.Module):
     self.sow(nnx.Intermediate, 'pooled', x)
     return self.fc(x)
 
+  def bn_before_relu(self) -> tuple[nnx.BatchNorm, ...]:
+    """Per group, the BatchNorm that gives ``preact<k>``: the next
+    group's first bn1, then the final bn1 (mdistiller's
+    ``get_bn_before_relu``)."""
+    return (self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1)
+
 
 def _factory(depth: int, widen_factor: int):
   def create(*, num_classes: int, rngs: nnx.Rngs) -> WideResNet:
