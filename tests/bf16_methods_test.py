@@ -85,6 +85,13 @@ CASES = {
   'rkd': ('rkd', {}, None),
   'sp': ('sp', {}, None),
   'vid': ('vid', {}, None),
+  'ctkd': ('ctkd', {}, None),
+  'dist': ('dist', {}, None),
+  'ofd': ('ofd', {}, None),
+  # Logit standardization and DOT are switches on any method.
+  'kd_ls': ('kd', {'kd.logit_standardize': True}, None),
+  'dkd_ls': ('dkd', {'dkd.logit_standardize': True}, None),
+  'kd_dot': ('kd', {'optimizer.name': 'dot'}, None),
 }
 # The fast tier's subset: logits only, the half-size regressor, a Gram.
 FAST = ('kd', 'fitnet_half', 'sp')
