@@ -13,6 +13,7 @@ from mhkd_jax.configs import tiny_imagenet_resnet32x4_resnet8x4 as tiny
 from mhkd_jax.data import datasets
 from mhkd_jax.distill.base import DataSpec, Teacher
 from mhkd_jax.models import create_model
+from mhkd_jax.run import errors
 from mhkd_jax.run import validation
 
 
@@ -31,8 +32,19 @@ def test_imagenet_recipe():
   assert (config.model, config.teacher.model) == (
     'imagenet_resnet18', 'imagenet_resnet34')
   assert config.data.pipeline == 'stream'
-  assert config.batch_size == 256 and config.num_epochs == 100
-  assert config.learning_rate == 0.1 and config.weight_decay == 1e-4
+  # KD and DKD at mdistiller's batch 512 and rate 0.2; the other methods at
+  # the CRD recipe's 256 and 0.1; any batch by linear scaling.
+  assert config.batch_size == 512 and config.num_epochs == 100
+  assert config.learning_rate == 0.2 and config.weight_decay == 1e-4
+  for run in ('dkd', 'kd+dot'):
+    assert (imagenet.get_config(run).batch_size,
+            imagenet.get_config(run).learning_rate) == (512, 0.2)
+  for run in ('ce', 'crd', 'teacher', 'kd,batch=256'):
+    assert (imagenet.get_config(run).batch_size,
+            imagenet.get_config(run).learning_rate) == (256, 0.1)
+  assert imagenet.get_config('dkd,batch=1024').learning_rate == 0.4
+  with pytest.raises(errors.ConfigError, match='batch=N'):
+    imagenet.get_config('kd,lr=0.1')
   # x0.1 once the 1-based epoch exceeds 30, 60, 90.
   assert [f * config.num_epochs for f in config.lr_decay_fractions] == [
     30, 60, 90]

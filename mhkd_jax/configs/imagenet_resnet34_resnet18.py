@@ -7,19 +7,24 @@
 METHOD is any method (``ce``, ``kd``, ``fitnet``, ``at``, ... ``crd``,
 ``dkd``, ``fit_teacher_heads``, ``mhkd``) or ``teacher`` (trains ResNet34
 itself); workdirs follow ``configs/distillation.py`` under
-``runs/imagenet``. The recipe is torchvision's and the CRD/mdistiller
-ImageNet runs': batch 256, 100 epochs, SGD 0.1 momentum
-0.9, weight decay 1e-4, x0.1 after epochs 30, 60, 90; random-resized crop
-224 (scale 0.08-1, ratio 3/4-4/3) + flip for training, resize 256 + centre
-crop 224 for evaluation, ImageNet mean/std. KD and DKD take mdistiller's
-ImageNet weights (``configs/imagenet/r34_r18/{kd,dkd}.yaml``; it trains at
-batch 512 with LR 0.2, the same rate per example): KD 0.5 CE + 0.5 KD at
+``runs/imagenet``. The recipe is torchvision's and the CRD ImageNet run's:
+batch 256, 100 epochs, SGD 0.1 momentum 0.9, weight decay 1e-4, x0.1 after
+epochs 30, 60, 90; random-resized crop 224 (scale 0.08-1, ratio 3/4-4/3) +
+flip for training, resize 256 + centre crop 224 for evaluation, ImageNet
+mean/std. KD and DKD (and their ``+dot`` runs) take mdistiller's ImageNet
+recipe (``configs/imagenet/r34_r18/{kd,dkd,dot}.yaml``): batch 512 at LR
+0.2, and its weights: KD 0.5 CE + 0.5 KD at
 T 1; DKD CE 1, alpha 1, beta 0.5, T 1, warm-up 1 epoch. Published top-1
 (docs/benchmark.md): teacher 73.31 and student 69.75 (HSAKD
 README), KD 71.03 (mdistiller's run), CRD 71.17 (CRD paper), DKD 71.70
 (mdistiller). ``METHOD+dot`` trains with DOT at mdistiller's ImageNet
 delta 0.09 (``configs/imagenet/r34_r18/dot.yaml``); KD+DOT 71.72
 (mdistiller's README, best epoch).
+
+Any run takes another batch with ``METHOD,batch=N``: the rate follows by
+linear scaling (0.1 per 256 images, which both recipes share), for example
+``kd,batch=256`` is KD at batch 256 and LR 0.1, this config's recipe before
+it took mdistiller's.
 
 Data (streamed: config.data.pipeline='stream'; the two tars from
 image-net.org in DIR, about 150 GB of array_record written):
@@ -39,6 +44,7 @@ process (docs/datasets.md, "The streaming input").
 """
 
 from mhkd_jax.configs import distillation
+from mhkd_jax.run import errors
 
 DATA = 'imagenet2012'
 RUNS_ROOT = 'runs/imagenet'
@@ -47,7 +53,28 @@ PUBLISHED = {'teacher': 73.31, 'ce': 69.75, 'kd': 71.03, 'crd': 71.17,
              'dkd': 71.70, 'kd+dot': 71.72}
 
 
+# mdistiller trains these runs at batch 512, LR 0.2; the others follow the
+# CRD ImageNet recipe, batch 256, LR 0.1.
+MDISTILLER_RECIPE = ('kd', 'dkd')
+LR_PER_256 = 0.1
+
+
+def _parse(run: str) -> tuple[str, int | None]:
+  """'kd' -> ('kd', None); 'kd,batch=256' -> ('kd', 256)."""
+  run, _, option = run.partition(',')
+  if not option:
+    return run, None
+  key, _, value = option.partition('=')
+  if key != 'batch' or not value.isdigit() or int(value) < 1:
+    raise errors.ConfigError(
+      f'Unknown ImageNet run option {option!r}: the only option is '
+      f'batch=N (a positive integer), e.g. {run},batch=256.'
+    )
+  return run, int(value)
+
+
 def get_config(run: str = 'kd'):
+  run, batch = _parse(run)
   config = distillation.distillation_config(
     data=DATA, teacher='imagenet_resnet34', student='imagenet_resnet18',
     run=run, runs_root=RUNS_ROOT,
@@ -58,10 +85,13 @@ def get_config(run: str = 'kd'):
   config.data.num_workers = 8
   config.data.num_threads = 4
   config.data.prefetch_batches = 2
-  config.batch_size = 256
+  if batch is None:
+    method = distillation.split_run(run)[0]
+    batch = 512 if method in MDISTILLER_RECIPE else 256
+  config.batch_size = batch
+  config.learning_rate = LR_PER_256 * batch / 256
   config.eval_batch_size = 256
   config.num_epochs = 100
-  config.learning_rate = 0.1
   config.momentum = 0.9
   config.weight_decay = 1e-4
   config.lr_decay_fractions = (0.3, 0.6, 0.9)
