@@ -172,3 +172,21 @@ def test_sections_of_other_methods_do_not_block_a_resume(
   assert results['final'] == pytest.approx(finished[1]['final'], abs=1e-6)
   assert not os.path.exists(os.path.join(workdir,
                                          records.CONFIG_CHANGES))
+
+
+def test_keys_added_since_a_run_was_recorded_take_the_value_it_had():
+  config = test_config.get_config()
+  config.method = 'kd'
+  now = records.config_as_json(config)
+  before = json.loads(json.dumps(now))
+  del before['kd']['logit_standardize']
+  del before['data']['jpeg_draft_eval']
+  assert records.config_changes(before, now) == {}
+  # An old CRD run drew its negatives with replacement: the new default
+  # is another experiment.
+  config.method = 'crd'
+  now = records.config_as_json(config)
+  before = json.loads(json.dumps(now))
+  del before['crd']['negatives_with_replacement']
+  assert records.config_changes(before, now) == {
+    'crd.negatives_with_replacement': [True, False]}

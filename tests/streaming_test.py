@@ -195,11 +195,23 @@ def test_inception_transform_shapes_and_eval_view():
   np.testing.assert_array_equal(first, np.asarray(expected))
 
 
+def test_evaluation_decodes_jpegs_in_full_by_default():
+  encoded = _jpeg(512, 384, seed=2)
+  got = _transform(image_shape=(32, 32, 3), crop='inception')(encoded, None)
+  full = Image.open(io.BytesIO(encoded)).convert('RGB')
+  box = streaming.center_crop_box(512, 384, 0.875)
+  left, top, w, h = box
+  expected = full.resize((32, 32), Image.BILINEAR,
+                         box=(left, top, left + w, top + h))
+  np.testing.assert_array_equal(got, np.asarray(expected))
+
+
 def test_jpeg_draft_is_close_to_a_full_decode():
   encoded = _jpeg(512, 384, seed=2)
-  fast = _transform(image_shape=(32, 32, 3), crop='inception')(encoded, None)
-  exact = _transform(image_shape=(32, 32, 3), crop='inception',
-                     jpeg_draft=False)(encoded, None)
+  fast = _transform(image_shape=(32, 32, 3), crop='inception',
+                    jpeg_draft_eval=True)(encoded, None)
+  exact = _transform(image_shape=(32, 32, 3), crop='inception')(encoded, None)
+  assert not np.array_equal(fast, exact)  # the draft path did run
   diff = np.abs(fast.astype(int) - exact.astype(int))
   # Noise images are the worst case for a DCT-domain downscale.
   assert diff.mean() < 8, diff.mean()

@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_threads = 8
   config.data.prefetch_batches = 2
   config.data.jpeg_draft = True
+  config.data.jpeg_draft_eval = False
 
   # Optimisation: RepDistiller's recipe (docs/benchmark.md).
   config.batch_size = 64

@@ -138,7 +138,10 @@ class ExampleTransform:
     padding: the 'pad' crop's padding.
     flip: random horizontal flip at train.
     eval_fraction: the 'inception' eval crop (224 / 256).
-    jpeg_draft: decode JPEGs at a reduced scale where the crop allows.
+    jpeg_draft: decode training JPEGs at a reduced scale where the crop
+      allows (the random-resized crop is resampled anyway).
+    jpeg_draft_eval: the same for evaluation; off by default, so the
+      reported accuracy is on full decodes, as torchvision's.
   """
 
   image_shape: tuple[int, int, int]
@@ -147,6 +150,7 @@ class ExampleTransform:
   flip: bool = True
   eval_fraction: float = 0.875
   jpeg_draft: bool = True
+  jpeg_draft_eval: bool = False
 
   def __call__(
     self, encoded: bytes, rng: np.random.Generator | None
@@ -165,9 +169,11 @@ class ExampleTransform:
     width, height = image.size
     if rng is None:
       box = center_crop_box(width, height, self.eval_fraction)
+      draft = self.jpeg_draft_eval
     else:
       box = random_resized_crop_box(rng, width, height)
-    return _resample(image, box, self.image_shape[:2], self.jpeg_draft)
+      draft = self.jpeg_draft
+    return _resample(image, box, self.image_shape[:2], draft)
 
   def _pad_crop(self, image, rng):
     if image.mode not in ('L', 'RGB'):
@@ -195,6 +201,7 @@ def example_transform(data_config, info: datasets.DatasetInfo):
     flip=info.random_flip if flip is None else flip,
     eval_fraction=info.eval_crop_fraction,
     jpeg_draft=data_config.jpeg_draft,
+    jpeg_draft_eval=data_config.jpeg_draft_eval,
   )
 
 

@@ -32,7 +32,7 @@ RESUMABLE_CHANGES = frozenset({
   'num_epochs', 'log_every_steps', 'eval_every_epochs', 'eval_batch_size',
   'checkpoint.every_steps', 'checkpoint.max_to_keep', 'num_devices',
   'teacher.init', 'data.data_dir', 'students_loop',
-  'teacher.fold_batchnorm',
+  'teacher.fold_batchnorm', 'data.jpeg_draft_eval',
 })
 
 # Keys added after older runs recorded their config, with the value those
@@ -45,6 +45,14 @@ ADDED_KEYS = {
   'teacher.fold_batchnorm': False,
   'optimizer.name': 'sgd',
   'optimizer.dot_delta': 0.075,
+  'kd.logit_standardize': False,
+  'dkd.logit_standardize': False,
+  'mhkd.logit_standardize': False,
+  # CRD drew its negatives with replacement before 2026-12-03: such a run
+  # resumes with --config.crd.negatives_with_replacement=True.
+  'crd.negatives_with_replacement': True,
+  'crd_kd.negatives_with_replacement': True,
+  'data.jpeg_draft_eval': False,
 }
 
 
