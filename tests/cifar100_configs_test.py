@@ -39,6 +39,18 @@ def test_published_numbers_and_recipe_details():
   assert cifar100.PUBLISHED[('resnet32x4-ShuffleV2', 'dkd')] == 77.07
   assert cifar100.PUBLISHED[('resnet32x4', 'teacher')] == 79.42
   assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'mhkd')] is None
+  # RepDistiller's README: every one of its 15 methods has its cells (FSP
+  # on the six same-type pairs it reports).
+  repdistiller = ('kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt',
+                  'ab', 'ft', 'nst', 'crd', 'crd_kd')
+  for method in repdistiller:
+    assert all(cifar100.PUBLISHED[(f'{t}-{s}', method)] is not None
+               for t, s in cifar100.PAIRS), method
+  assert sum(cifar100.PUBLISHED[(f'{t}-{s}', 'fsp')] is not None
+             for t, s in cifar100.PAIRS) == 6
+  assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'nst')] == 73.30
+  assert cifar100.PUBLISHED[('ResNet50-MobileNetV2', 'sp')] == 68.08
+  assert cifar100.PUBLISHED[('wrn_40_2-ShuffleV1', 'ft')] == 72.03
   assert cifar100.get_config('resnet56-resnet20,dkd').dkd.beta == 2.0
   assert cifar100.get_config('vgg13-vgg8,dkd').dkd.beta == 6.0
   assert cifar100.get_config('resnet32x4-ShuffleV1,dkd').dkd.beta == 8.0

@@ -110,9 +110,9 @@ def test_table_has_mean_std_of_every_student_and_seed_and_marks_missing(
   best = f'{100 * np.mean([.72, .75, .80]):.2f} ± ' \
          f'{100 * np.std([.72, .75, .80]):.2f}'
   assert f'last {last} · best {best} (n=3)' in kd
-  assert '[published 73.33]' in kd  # RepDistiller's KD, resnet32x4->8x4
+  assert '[published 73.33, last epoch]' in kd  # RepDistiller's KD, resnet32x4->8x4
   crd = next(line for line in lines if line.startswith('| crd |'))
-  assert '(n=0, 1 not finished)' in crd and '[published 75.51]' in crd
+  assert '(n=0, 1 not finished)' in crd and '[published 75.51, last epoch]' in crd
   ce = next(line for line in lines if line.startswith('| ce |'))
   assert '(n=0, 1 not finished)' in ce
   assert '- crd/seed=0 (seed 0): unfinished' in text
@@ -136,5 +136,5 @@ def test_dot_runs_get_their_own_row_with_mdistillers_number(tmp_path):
   lines = results.write_report(root).splitlines()
   kd = next(line for line in lines if line.startswith('| kd |'))
   kd_dot = next(line for line in lines if line.startswith('| kd+dot |'))
-  assert '(n=1)' in kd and '[published 73.33]' in kd
-  assert 'last 74.00' in kd_dot and '[published 75.12]' in kd_dot
+  assert '(n=1)' in kd and '[published 73.33, last epoch]' in kd
+  assert 'last 74.00' in kd_dot and '[published 75.12, best epoch]' in kd_dot

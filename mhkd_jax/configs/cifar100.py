@@ -136,6 +136,25 @@ _TABLE = {
                     63.16, 70.69, 73.59, 73.54, 73.73),
   'at': _column(74.08, 72.77, 70.55, 70.22, 72.31, 73.44, 71.43, 59.40,
                 58.58, 71.84, 71.73, 72.73, 73.32),
+  'sp': _column(73.83, 72.43, 69.67, 70.04, 72.69, 72.94, 72.68, 66.30,
+                68.08, 73.34, 73.48, 74.56, 74.52),
+  'cc': _column(73.56, 72.21, 69.63, 69.48, 71.48, 72.97, 70.71, 64.86,
+                65.43, 70.25, 71.14, 71.29, 71.38),
+  'vid': _column(74.11, 73.30, 70.38, 70.16, 72.61, 73.09, 71.23, 65.56,
+                 67.57, 70.30, 73.38, 73.40, 73.61),
+  'rkd': _column(73.35, 72.22, 69.61, 69.25, 71.82, 71.90, 71.48, 64.52,
+                 64.43, 71.50, 72.28, 73.21, 72.21),
+  'pkt': _column(74.54, 73.45, 70.34, 70.25, 72.61, 73.64, 72.88, 67.13,
+                 66.52, 73.01, 74.10, 74.69, 73.89),
+  'ab': _column(72.50, 72.38, 69.47, 69.53, 70.98, 73.17, 70.94, 66.06,
+                67.20, 70.65, 73.55, 74.31, 73.34),
+  'ft': _column(73.25, 71.59, 69.84, 70.22, 72.37, 72.86, 70.58, 61.78,
+                60.99, 70.29, 71.75, 72.50, 72.03),
+  # RepDistiller reports FSP for same-type pairs only (N/A for wrn-40-1).
+  'fsp': _column(72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23, None,
+                 None, None, None, None, None),
+  'nst': _column(73.68, 72.24, 69.60, 69.53, 71.96, 73.30, 71.53, 58.16,
+                 64.96, 71.28, 74.12, 74.68, 74.89),
   'crd': _column(75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94, 69.73,
                  69.11, 74.30, 75.11, 75.65, 76.05),
   'crd_kd': _column(75.64, 74.38, 71.63, 71.56, 73.75, 75.46, 74.29, 69.94,
@@ -169,6 +188,22 @@ DOT_PUBLISHED = {
 }
 PUBLISHED.update({(f'{t}-{s}', 'kd' + distillation.DOT_SUFFIX): v
                   for (t, s), v in DOT_PUBLISHED.items()})
+# Which epoch each source's numbers are: RepDistiller's README reports
+# the last epoch (its train_student.py); mdistiller's trainer, and the LS
+# and CTKD code built on it, report the best. Methods not listed (CRD+KD,
+# DIST) come from READMEs that do not say.
+LAST_EPOCH_METHODS = ('teacher', 'ce', 'kd', 'fitnet', 'at', 'sp', 'cc',
+                      'vid', 'rkd', 'pkt', 'ab', 'ft', 'fsp', 'nst', 'crd')
+BEST_EPOCH_METHODS = ('dkd', 'ctkd', 'kd' + distillation.DOT_SUFFIX)
+
+
+def published_epoch(method: str) -> str | None:
+  """'last', 'best' or None (unstated) for a method's published cells."""
+  if method in LAST_EPOCH_METHODS:
+    return 'last'
+  return 'best' if method in BEST_EPOCH_METHODS else None
+
+
 # mdistiller's DOT delta (configs/cifar100/dot/*.yaml: 0.075 for all three
 # pairs; the rate is RepDistiller's per student, as here).
 DOT_DELTA = 0.075

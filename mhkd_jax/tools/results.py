@@ -142,6 +142,15 @@ def published(data: str, pair: str, method: str) -> float | None:
   return cifar100.PUBLISHED.get((pair, method))
 
 
+def published_epoch(data: str, method: str) -> str | None:
+  """Which epoch a published number is: 'last', 'best' or None."""
+  if data != 'cifar100':
+    return None
+  from mhkd_jax.configs import cifar100  # noqa: PLC0415
+
+  return cifar100.published_epoch(method)
+
+
 def _cell(runs: list[Run], data, pair, method) -> str:
   done = [r for r in runs if r.status == 'finished']
   text = (f'last {_mean_std([r.last_acc for r in done])} · best '
@@ -149,7 +158,13 @@ def _cell(runs: list[Run], data, pair, method) -> str:
   missing = len(runs) - len(done)
   text += f', {missing} not finished)' if missing else ')'
   pub = published(data, pair, method)
-  return text + (f' [published {pub:.2f}]' if pub is not None else '')
+  if pub is None:
+    return text
+  epoch = published_epoch(data, method)
+  # A best-epoch number compares with our "best", a last-epoch one with
+  # our "last": the label says which.
+  return text + (f' [published {pub:.2f}, {epoch} epoch]' if epoch
+                 else f' [published {pub:.2f}]')
 
 
 def table(runs: list[Run]) -> str:
@@ -159,8 +174,11 @@ def table(runs: list[Run]) -> str:
     '# Results', '',
     'Top-1 accuracy (%) on the eval split, mean ± std (population) over '
     'every student and seed of a cell; "last" is the last epoch, "best" '
-    'the best epoch; n = finished runs (students). Published numbers (last '
-    'epoch, CRD / mdistiller READMEs) in brackets.', '',
+    'the best epoch; n = finished runs (students). Published numbers in '
+    'brackets (RepDistiller, mdistiller, LS, CTKD and DIST READMEs: '
+    'docs/benchmark.md), labelled with the epoch their source reports; '
+    'compare a "best epoch" number with "best", a "last epoch" one with '
+    '"last".', '',
   ]
   by_data = collections.defaultdict(list)
   for r in runs:
