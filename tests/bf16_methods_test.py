@@ -92,6 +92,7 @@ CASES = {
   'kd_ls': ('kd', {'kd.logit_standardize': True}, None),
   'dkd_ls': ('dkd', {'dkd.logit_standardize': True}, None),
   'kd_dot': ('kd', {'optimizer.name': 'dot'}, None),
+  'ofd_dot': ('ofd', {'optimizer.name': 'dot'}, None),
 }
 # The fast tier's subset: logits only, the half-size regressor, a Gram.
 FAST = ('kd', 'fitnet_half', 'sp')

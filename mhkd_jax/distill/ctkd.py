@@ -96,6 +96,9 @@ class CTKD(base.Method):
     return base.Trainable(student=self.create_student(data, rngs),
                           temperature=GlobalTemperature())
 
+  def task_weight(self):
+    return self.cfg.w_ce
+
   def loss(self, trainable, teacher_out, batch, context):
     cfg = self.cfg
     logits, _ = features.forward_with_features(

@@ -38,6 +38,9 @@ class DIST(base.Method):
     del teacher
     return base.Trainable(student=self.create_student(data, rngs))
 
+  def task_weight(self):
+    return self.cfg.ce_weight
+
   def loss(self, trainable, teacher_out, batch, context):
     del context
     cfg = self.cfg

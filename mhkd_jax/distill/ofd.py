@@ -123,6 +123,9 @@ class OFD(base.Method):
       pairs=tuple(zip(s_names, t_names)),
     )
 
+  def task_weight(self):
+    return self.cfg.ce_weight
+
   def loss(self, trainable, teacher_out, batch, context):
     del context
     cfg = self.cfg
