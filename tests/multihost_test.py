@@ -182,13 +182,14 @@ def _results(workdir):
     return json.load(f)
 
 
-def _assert_same_run(workdir, reference_workdir):
-  """Exported parameters and every metric equal within 1e-5."""
+def _assert_same_run(workdir, reference_workdir, params_atol=1e-5):
+  """Exported parameters (within ``params_atol`` + 1e-5 relative) and
+  every metric equal within 1e-5."""
   got, want = _exported_params(workdir), _exported_params(reference_workdir)
   assert len(got) == len(want) > 0
   for a, b in zip(got, want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                               atol=1e-5)
+                               atol=params_atol)
   got, want = _results(workdir), _results(reference_workdir)
   assert got['num_train_steps'] == want['num_train_steps'] == NUM_STEPS
   for part in ('final', 'train'):
@@ -251,7 +252,13 @@ def _assert_only_process_0_wrote(workdir, reference, job):
 def test_kd_on_two_processes_host_fed_equals_one_process(kd_two_processes,
                                                          kd_one_process):
   workdir, job = kd_two_processes
-  _assert_same_run(workdir, kd_one_process)
+  # The two runs sum each step's gradient over the 8 devices in another
+  # order (one process's all-reduce against the cross-process one), and
+  # the rounding compounds over the run's steps: on the 2-core Intel Xeon
+  # machines of 2026-12-03 the first conv kernel differs by up to 2.5e-5
+  # (the same on the commit before this tolerance; the AVX-512 EPYC
+  # machines stayed under 1e-5).
+  _assert_same_run(workdir, kd_one_process, params_atol=5e-5)
   _assert_only_process_0_wrote(workdir, kd_one_process, job)
 
 
