@@ -2,8 +2,9 @@
 
 Preliminary phase (``ab_init``, run first inside the AB run, in
 ``workdir/preliminary``): for ``init_epochs`` = 30 epochs at a constant
-rate, the student's feature layers (all but its classifier) and a
-connector per stage learn to put each student pre-activation on the same
+rate, the student's feature layers (RepDistiller's ``get_feat_modules()``;
+its other layers stay untouched, BatchNorms in eval mode) and a connector
+per stage learn to put each student pre-activation on the same
 side of zero as the teacher's, with a margin (``losses.ab_loss``). The
 features are RepDistiller's ``preact=True`` ``feat[1:-1]``: every stage's
 output before its final ReLU, which the models sow as ``preact1``,
@@ -81,10 +82,15 @@ def create_connector(student, student_name, teacher, data, rngs):
   ])
 
 
-def _student_features_or_connector(path, value) -> bool:
-  return common.student_features_only(path, value) or (
-    isinstance(value, nnx.Param) and path[0] == 'connector'
-  )
+def _student_features_or_connector(model_name: str):
+  features_only = common.student_features_only(model_name)
+
+  def trained(path, value) -> bool:
+    return features_only(path, value) or (
+      isinstance(value, nnx.Param) and path[0] == 'connector'
+    )
+
+  return trained
 
 
 @base.register
@@ -97,12 +103,13 @@ class FitActivationBoundaries(base.Method):
 
   def create_trainable(self, teacher, data, rngs):
     student = self.create_student(data, rngs)
+    common.hold_outside_features(student, self.config.model)
     connector = create_connector(student, self.config.model, teacher, data,
                                  rngs)
     return base.Trainable(student=student, connector=connector)
 
   def trained_parameters(self):
-    return _student_features_or_connector
+    return _student_features_or_connector(self.config.model)
 
   def loss(self, trainable, teacher_out, batch, context):
     del context

@@ -22,9 +22,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mhkd_jax import losses
+from mhkd_jax import losses, models
 from mhkd_jax.distill import base
-from mhkd_jax.models import features
+from mhkd_jax.models import features, layers
 
 
 def stages(feats: dict[str, jax.Array]) -> list[jax.Array]:
@@ -122,16 +122,35 @@ class InitPhaseThenCE(WeightedDistillation):
     return 0.0
 
 
-# The attribute that holds each model family's final classifier.
-CLASSIFIERS = ('fc', 'classifier', 'linear')
+def student_features_only(model_name: str):
+  """nnx filter of RepDistiller's ``model_s.get_feat_modules()``: the
+  parameters its init phases (AB, FSP) train. The student's other layers
+  (its classifier, and WRN's final ``bn1``, MobileNetV2's ``conv2``,
+  ShuffleV2's ``conv2``/``bn2``) are outside its init optimizer, so they
+  are neither updated nor decayed there: here they travel with the buffers,
+  undifferentiated."""
+  feat = models.feature_modules(model_name)
+
+  def trained(path, value) -> bool:
+    return (isinstance(value, nnx.Param) and len(path) > 1
+            and path[0] == 'student' and path[1] in feat)
+
+  return trained
 
 
-def student_features_only(path, value) -> bool:
-  """nnx filter: the student's parameters but its final classifier, i.e.
-  RepDistiller's ``model_s.get_feat_modules()``, which its init phases
-  train."""
-  return (isinstance(value, nnx.Param) and len(path) > 1
-          and path[0] == 'student' and path[1] not in CLASSIFIERS)
+def hold_outside_features(student, model_name: str) -> None:
+  """Holds every BatchNorm outside ``get_feat_modules()`` in eval mode, as
+  RepDistiller's init phase does (``model_s.eval()``, then only the init
+  modules ``.train()``): those normalise with their running statistics and
+  never update them. WRN's AB pre-activation of the last group is taken
+  after such a BatchNorm, at its initial statistics."""
+  feat = models.feature_modules(model_name)
+  for name, child in nnx.iter_children(student):
+    if name in feat:
+      continue
+    for _, module in nnx.iter_modules(child):
+      if isinstance(module, layers.BatchNorm):
+        module.eval_only = True
 
 
 def preliminary_config(config, method: str, learning_rate: float):

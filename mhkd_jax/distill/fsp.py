@@ -1,7 +1,8 @@
 """Flow of solution procedure (FSP; Yim et al., CVPR 2017), as in
 RepDistiller: a preliminary phase (``fsp_init``, run first inside the FSP
-run, in ``workdir/preliminary``) trains the student's feature layers (all
-but its classifier) for ``init_epochs`` = 30 epochs at a constant rate to
+run, in ``workdir/preliminary``) trains the student's feature layers
+(RepDistiller's ``get_feat_modules()``; its other layers stay untouched,
+BatchNorms in eval mode) for ``init_epochs`` = 30 epochs at a constant rate to
 match the teacher's FSP matrices (Gram matrices between consecutive maps
 of ``[stem, stage1, ..., stageN]``); then the student, started from those
 layers, trains with plain CE (RepDistiller's FSP run adds no distillation
@@ -61,10 +62,12 @@ class FitFSPFeatures(base.Method):
 
   def create_trainable(self, teacher, data, rngs):
     del teacher
-    return base.Trainable(student=self.create_student(data, rngs))
+    student = self.create_student(data, rngs)
+    common.hold_outside_features(student, self.config.model)
+    return base.Trainable(student=student)
 
   def trained_parameters(self):
-    return common.student_features_only
+    return common.student_features_only(self.config.model)
 
   def loss(self, trainable, teacher_out, batch, context):
     del context

@@ -8,6 +8,8 @@ logits, and sows ``stem``, ``stage1``..``stageN`` and ``pooled`` as
 ``nnx.Intermediate`` (collected by ``mhkd_jax.models.features``).
 """
 
+import functools
+
 from flax import nnx
 
 from mhkd_jax.models import (
@@ -43,3 +45,15 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
       f'Unknown model {name!r}. Valid names: {", ".join(MODEL_NAMES)}.'
     )
   return _REGISTRY[name](num_classes=num_classes, rngs=rngs)
+
+
+@functools.cache
+def feature_modules(name: str) -> tuple[str, ...]:
+  """The top-level attributes of model ``name`` that RepDistiller's
+  ``get_feat_modules()`` returns: what its init phases (AB, FSP) train.
+  The rest (the classifier, and WRN's final ``bn1``, MobileNetV2's
+  ``conv2``, ShuffleV2's ``conv2``/``bn2``) is left untouched there."""
+  model = nnx.eval_shape(
+    lambda: create_model(name, num_classes=1, rngs=nnx.Rngs(0))
+  )
+  return type(model).FEAT_MODULES

@@ -25,6 +25,10 @@ from mhkd_jax.models.resnet import BasicBlock
 class ImageNetResNet(nnx.Module):
   """ResNet with BasicBlocks for 224x224 inputs."""
 
+  # torchvision's ResNet has no get_feat_modules(); as RepDistiller's
+  # ResNets: everything but fc.
+  FEAT_MODULES = ('conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4')
+
   def __init__(
     self,
     num_blocks: tuple[int, int, int, int],

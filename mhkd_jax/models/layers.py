@@ -120,9 +120,21 @@ class BatchNorm(nnx.BatchNorm):
   the output is rounded back to the activations' dtype (a no-op in a
   float32 run). ``x`` is handed to flax unchanged, so
   ``fold.fold_batchnorm`` still sees the convolution output it pairs.
+
+  ``eval_only = True`` on an instance holds it in eval mode whatever
+  ``train`` is: RepDistiller's init phases (AB, FSP) put the student in
+  eval mode and only its ``get_feat_modules()`` back in train mode, so a
+  BatchNorm outside them (WRN's final ``bn1``) normalises with its running
+  statistics and never updates them
+  (``distill.common.hold_outside_features``). It is a static attribute:
+  the phase that sets it compiles it in.
   """
 
+  eval_only: bool = False
+
   def __call__(self, x, use_running_average=None, *, mask=None):
+    if self.eval_only:
+      use_running_average = True
     y = super().__call__(x, use_running_average, mask=mask)
     return y.astype(x.dtype)
 

@@ -67,6 +67,10 @@ class InvertedResidual(nnx.Module):
 class MobileNetV2(nnx.Module):
   """MobileNetV2 for 32x32 inputs (stride-2 stem, 2x2 final map)."""
 
+  # RepDistiller's get_feat_modules(): the final 1x1 conv2 is not among
+  # them.
+  FEAT_MODULES = ('conv1', 'blocks')
+
   def __init__(
     self,
     expansion: int,

@@ -52,6 +52,9 @@ class BasicBlock(nnx.Module):
 class CifarResNet(nnx.Module):
   """ResNet for 32x32 inputs with three stages."""
 
+  # RepDistiller's get_feat_modules(): everything but fc.
+  FEAT_MODULES = ('conv1', 'bn1', 'layer1', 'layer2', 'layer3')
+
   def __init__(
     self,
     depth: int,

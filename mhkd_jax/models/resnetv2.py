@@ -93,6 +93,9 @@ class Bottleneck(nnx.Module):
 class ResNetV2(nnx.Module):
   """Four-stage ResNet for 32x32 inputs."""
 
+  # RepDistiller's get_feat_modules(): everything but linear.
+  FEAT_MODULES = ('conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4')
+
   def __init__(
     self,
     block: type[BasicBlock] | type[Bottleneck],

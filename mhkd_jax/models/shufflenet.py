@@ -72,6 +72,9 @@ class ShuffleV1Bottleneck(nnx.Module):
 class ShuffleNetV1(nnx.Module):
   """ShuffleNet v1 for 32x32 inputs."""
 
+  # RepDistiller's get_feat_modules(): everything but linear.
+  FEAT_MODULES = ('conv1', 'bn1', 'layer1', 'layer2', 'layer3')
+
   def __init__(
     self,
     out_planes: tuple[int, int, int],
@@ -185,6 +188,10 @@ class ShuffleV2BasicBlock(nnx.Module):
 
 class ShuffleNetV2(nnx.Module):
   """ShuffleNet v2 for 32x32 inputs."""
+
+  # RepDistiller's get_feat_modules(): the final conv2/bn2 are not among
+  # them.
+  FEAT_MODULES = ('conv1', 'bn1', 'layer1', 'layer2', 'layer3')
 
   def __init__(
     self,

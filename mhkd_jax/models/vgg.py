@@ -67,6 +67,9 @@ def _make_block(
 class VGG(nnx.Module):
   """VGG-BN for CIFAR: five blocks, global average pool, one linear."""
 
+  # RepDistiller's get_feat_modules() (its pools hold no parameters).
+  FEAT_MODULES = ('block0', 'block1', 'block2', 'block3', 'block4')
+
   def __init__(
     self,
     cfg: tuple[tuple[int, ...], ...],

@@ -95,6 +95,9 @@ class NetworkBlock(nnx.Module):
 class WideResNet(nnx.Module):
   """WRN-depth-k for 32x32 inputs with three groups."""
 
+  # RepDistiller's get_feat_modules(): the final bn1 is not among them.
+  FEAT_MODULES = ('conv1', 'block1', 'block2', 'block3')
+
   def __init__(
     self,
     depth: int,
