@@ -35,7 +35,8 @@ def test_every_cell_validates():
 def test_published_numbers_and_recipe_details():
   assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'crd')] == 75.51
   assert cifar100.PUBLISHED[('vgg13-MobileNetV2', 'at')] == 59.40
-  assert cifar100.PUBLISHED[('resnet110-resnet20', 'dkd')] is None
+  # mdistiller reports no DKD for resnet110 -> resnet20; the LS README does.
+  assert cifar100.PUBLISHED[('resnet110-resnet20', 'dkd')] == 71.06
   assert cifar100.PUBLISHED[('resnet32x4-ShuffleV2', 'dkd')] == 77.07
   assert cifar100.PUBLISHED[('resnet32x4', 'teacher')] == 79.42
   assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'mhkd')] is None

@@ -55,23 +55,26 @@ def test_scripts_mode_writes_one_launch_script_per_run(tmp_path):
 
 
 def _fake_run(root, rel, *, method, seeds_accs, num_students=1,
-              finished=True, optimizer=None):
+              finished=True, optimizer=None, section=None, data='cifar100',
+              model='resnet8x4', teacher='resnet32x4'):
   """A workdir as a run leaves it: config.json, and results.json with
   the given per-student (last, best) accuracies when finished."""
   workdir = os.path.join(root, rel)
   os.makedirs(workdir)
-  config = {'method': method, 'model': 'resnet8x4', 'seed': 0,
+  config = {'method': method, 'model': model, 'seed': 0,
             'num_students': num_students,
-            'teacher': {'model': 'resnet32x4'}, 'data': {'name': 'cifar100'}}
+            'teacher': {'model': teacher}, 'data': {'name': data}}
   if optimizer is not None:
     config['optimizer'] = {'name': optimizer}
+  if section is not None:
+    config[method] = section
   records.write_json(os.path.join(workdir, 'config.json'), config)
   if not finished:
     return
   history = [{'step': e, 'epoch': e, 'eval/acc': 0.5 + 0.01 * e}
              for e in (1, 2)]
-  res = {'method': method, 'model': 'resnet8x4', 'teacher': 'resnet32x4',
-         'data': 'cifar100', 'seed': 0, 'history': history}
+  res = {'method': method, 'model': model, 'teacher': teacher,
+         'data': data, 'seed': 0, 'history': history}
   if num_students == 1:
     (seed, (last, best)), = seeds_accs.items()
     res.update(seed=seed, final={'eval/acc': last}, best_eval_acc=best)
@@ -110,9 +113,12 @@ def test_table_has_mean_std_of_every_student_and_seed_and_marks_missing(
   best = f'{100 * np.mean([.72, .75, .80]):.2f} ± ' \
          f'{100 * np.std([.72, .75, .80]):.2f}'
   assert f'last {last} · best {best} (n=3)' in kd
-  assert '[published 73.33, last epoch]' in kd  # RepDistiller's KD, resnet32x4->8x4
+  # RepDistiller's KD, resnet32x4->8x4: a last-epoch number, compared
+  # with our last-epoch mean (74.00).
+  assert '[published 73.33, repdistiller, last epoch; ours last +0.67]' in kd
   crd = next(line for line in lines if line.startswith('| crd |'))
-  assert '(n=0, 1 not finished)' in crd and '[published 75.51, last epoch]' in crd
+  assert '(n=0, 1 not finished)' in crd
+  assert '[published 75.51, repdistiller, last epoch]' in crd
   ce = next(line for line in lines if line.startswith('| ce |'))
   assert '(n=0, 1 not finished)' in ce
   assert '- crd/seed=0 (seed 0): unfinished' in text
@@ -136,5 +142,28 @@ def test_dot_runs_get_their_own_row_with_mdistillers_number(tmp_path):
   lines = results.write_report(root).splitlines()
   kd = next(line for line in lines if line.startswith('| kd |'))
   kd_dot = next(line for line in lines if line.startswith('| kd+dot |'))
-  assert '(n=1)' in kd and '[published 73.33, last epoch]' in kd
-  assert 'last 74.00' in kd_dot and '[published 75.12, best epoch]' in kd_dot
+  assert '(n=1)' in kd and '[published 73.33, repdistiller, last epoch' in kd
+  # mdistiller's KD+DOT is a best-epoch number: against our best (75.00).
+  assert 'last 74.00' in kd_dot
+  assert '[published 75.12, mdistiller, best epoch; ours best -0.12]' in kd_dot
+
+
+def test_ls_runs_get_their_row_and_every_source_names_its_epoch(tmp_path):
+  """A KD run with logit standardization is the row 'kd+ls', beside the
+  LS README's best-epoch number; DKD beside mdistiller's; an ImageNet cell
+  beside a number whose source does not say its epoch (no comparison)."""
+  root = str(tmp_path)
+  _fake_run(root, 'kd_ls', method='kd', seeds_accs={0: (0.760, 0.770)},
+            section={'logit_standardize': True, 'temperature': 2.0})
+  _fake_run(root, 'dkd', method='dkd', seeds_accs={0: (0.755, 0.760)},
+            section={'logit_standardize': False})
+  _fake_run(root, 'imagenet_crd', method='crd', data='imagenet2012',
+            model='imagenet_resnet18', teacher='imagenet_resnet34',
+            seeds_accs={0: (0.70, 0.71)})
+  lines = results.write_report(root).splitlines()
+  row = lambda label: next(x for x in lines if x.startswith(f'| {label} |'))
+  assert '[published 76.62, ls, best epoch; ours best +0.38]' in row('kd+ls')
+  assert '[published 76.32, mdistiller, best epoch; ours best -0.32]' in (
+    row('dkd'))
+  assert not any(x.startswith('| kd |') for x in lines)
+  assert '[published 71.17, torchdistill, epoch not stated]' in row('crd')

@@ -45,12 +45,28 @@ process (docs/datasets.md, "The streaming input").
 
 from mhkd_jax.configs import distillation
 from mhkd_jax.run import errors
+from mhkd_jax.tools import published
 
 DATA = 'imagenet2012'
 RUNS_ROOT = 'runs/imagenet'
 METHODS = distillation.runs()
-PUBLISHED = {'teacher': 73.31, 'ce': 69.75, 'kd': 71.03, 'crd': 71.17,
-             'dkd': 71.70, 'kd+dot': 71.72}
+TEACHER, STUDENT = 'imagenet_resnet34', 'imagenet_resnet18'
+
+
+def _published(pair: str, label: str) -> float | None:
+  record = published.lookup(DATA, pair, label)
+  return None if record is None else record.top1
+
+
+# Published top-1 per run, from mhkd_jax/tools/published.py (sources and
+# epochs there): the teacher, the student alone, and each method that a
+# source reports for this pair (KD, CRD, DKD, KD+DOT, DIST, CTKD, ReviewKD).
+PUBLISHED = {'teacher': _published(TEACHER, 'ce'),
+             'ce': _published(STUDENT, 'ce')}
+PUBLISHED.update({
+  r.method: _published(f'{TEACHER}-{STUDENT}', r.method)
+  for r in published.records(data=DATA, pair=f'{TEACHER}-{STUDENT}')
+})
 
 
 # mdistiller trains these runs at batch 512, LR 0.2; the others follow the
@@ -76,7 +92,7 @@ def _parse(run: str) -> tuple[str, int | None]:
 def get_config(run: str = 'kd'):
   run, batch = _parse(run)
   config = distillation.distillation_config(
-    data=DATA, teacher='imagenet_resnet34', student='imagenet_resnet18',
+    data=DATA, teacher=TEACHER, student=STUDENT,
     run=run, runs_root=RUNS_ROOT,
   )
   config.data.train_split = 'train'

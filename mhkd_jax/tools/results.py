@@ -10,7 +10,8 @@ runs a sweep planned) and writes:
   every student and seed of that cell, at the last epoch and at the best
   epoch (both labelled, since papers differ in which they report), the
   number of runs, and the published number beside it where
-  ``mhkd_jax/configs/cifar100.py`` has one (CIFAR-100 only). Runs that
+  ``mhkd_jax/tools/published.py`` has one (its source, the epoch the
+  source reports, and our mean at that epoch minus it). Runs that
   never started or have not finished are listed under the table: a cell is
   never silently made of fewer runs than were planned.
 * ``ROOT/results.csv``: one row per student of every run (workdir, data,
@@ -58,11 +59,15 @@ def _pair(config: dict) -> str:
 
 
 def _method(config: dict, method: str) -> str:
-  """The row a run belongs to: its method, as 'METHOD+dot' if it trained
-  with DOT (configs/distillation.py's run names)."""
+  """The row a run belongs to: its method, '+ls' if its logit
+  standardization switch was on, '+dot' if it trained with DOT (the
+  labels of tools/published.py; configs/distillation.py's run names)."""
   from mhkd_jax.configs import distillation  # noqa: PLC0415
 
   optimizer = config.get('optimizer', {}).get('name', 'sgd')
+  section = config.get(method)
+  if isinstance(section, dict) and section.get('logit_standardize'):
+    method += '+ls'
   return distillation.run_label(method, optimizer)
 
 
@@ -133,22 +138,31 @@ def _mean_std(values) -> str:
   return f'{np.mean(values):.2f} ± {np.std(values):.2f}'
 
 
-def published(data: str, pair: str, method: str) -> float | None:
-  """The literature's number for a cell (CIFAR-100 pairs only)."""
-  if data != 'cifar100':
-    return None
-  from mhkd_jax.configs import cifar100  # noqa: PLC0415
+def published(data: str, pair: str, method: str):
+  """The literature's record for a cell (``tools.published.lookup``): a
+  ``Record`` with its number, source and epoch, or None."""
+  from mhkd_jax.tools import published as published_lib  # noqa: PLC0415
 
-  return cifar100.PUBLISHED.get((pair, method))
+  return published_lib.lookup(data, pair, method)
 
 
-def published_epoch(data: str, method: str) -> str | None:
-  """Which epoch a published number is: 'last', 'best' or None."""
-  if data != 'cifar100':
-    return None
-  from mhkd_jax.configs import cifar100  # noqa: PLC0415
+def _mean(values) -> float | None:
+  values = [100 * v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
 
-  return cifar100.published_epoch(method)
+
+def _published_text(record, last: float | None, best: float | None) -> str:
+  """'[published 76.32, mdistiller, best epoch; ours best -0.41]': the
+  number, its source, the epoch the source reports, and our mean at that
+  same epoch minus it (none where the source does not say which)."""
+  text = f'[published {record.top1:.2f}, {record.source}'
+  if record.epoch is None:
+    return text + ', epoch not stated]'
+  text += f', {record.epoch} epoch'
+  ours = best if record.epoch == 'best' else last
+  if ours is not None:
+    text += f'; ours {record.epoch} {ours - record.top1:+.2f}'
+  return text + ']'
 
 
 def _cell(runs: list[Run], data, pair, method) -> str:
@@ -157,14 +171,14 @@ def _cell(runs: list[Run], data, pair, method) -> str:
           f'{_mean_std([r.best_acc for r in done])} (n={len(done)}')
   missing = len(runs) - len(done)
   text += f', {missing} not finished)' if missing else ')'
-  pub = published(data, pair, method)
-  if pub is None:
+  record = published(data, pair, method)
+  if record is None:
     return text
-  epoch = published_epoch(data, method)
-  # A best-epoch number compares with our "best", a last-epoch one with
-  # our "last": the label says which.
-  return text + (f' [published {pub:.2f}, {epoch} epoch]' if epoch
-                 else f' [published {pub:.2f}]')
+  # A best-epoch number is compared with our best-epoch mean, a last-epoch
+  # one with our last: the label says which.
+  return text + ' ' + _published_text(
+    record, _mean([r.last_acc for r in done]),
+    _mean([r.best_acc for r in done]))
 
 
 def table(runs: list[Run]) -> str:
@@ -175,10 +189,9 @@ def table(runs: list[Run]) -> str:
     'Top-1 accuracy (%) on the eval split, mean ± std (population) over '
     'every student and seed of a cell; "last" is the last epoch, "best" '
     'the best epoch; n = finished runs (students). Published numbers in '
-    'brackets (RepDistiller, mdistiller, LS, CTKD and DIST READMEs: '
-    'docs/benchmark.md), labelled with the epoch their source reports; '
-    'compare a "best epoch" number with "best", a "last epoch" one with '
-    '"last".', '',
+    'brackets (mhkd_jax/tools/published.py: each with its source and the '
+    'epoch that source reports), with our mean at that epoch minus the '
+    'published number ("ours best", "ours last").', '',
   ]
   by_data = collections.defaultdict(list)
   for r in runs:
