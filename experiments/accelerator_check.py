@@ -34,6 +34,8 @@ Parts, in the order they run:
   pipelined ones: kernels per step, how many run under 5 us, and the
   device's busy fraction. On a CPU there is no device timeline: the
   trace's host-side op events are counted and the busy fraction skipped.
+  The traces are removed once summarised, unless ``--keep-traces`` (then
+  in ``DIR/profile``, for TensorBoard or Perfetto).
 
 ``--smoke`` runs every part at CPU size (resnet8 -> resnet8, batch 8, a
 few steps, two of the parity cases, jax's cheap compiles); tests/accelerator_check_test.py runs it
@@ -58,6 +60,7 @@ import logging
 import os
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 import traceback
@@ -80,6 +83,11 @@ def _parse_args(argv):
   p.add_argument('--out', required=True, help='directory for the results')
   p.add_argument('--smoke', action='store_true',
                  help='every part at CPU size: tiny models, a few steps')
+  p.add_argument(
+    '--keep-traces', action='store_true',
+    help='keep the profile part\'s traces in DIR/profile (TensorBoard or '
+    'Perfetto reads them); by default they are summarised and removed',
+  )
   p.add_argument(
     '--deadline-min', type=float, default=9.0,
     help='minutes after the start past which the remaining parts (and '
@@ -119,7 +127,8 @@ def bench_argv(size: dict, *extra: str) -> list[str]:
     '--batch', str(size['batch']), '--num-classes', str(size['num_classes']),
     '--warmup', str(size['warmup']), '--steps', str(size['steps']),
     '--pipeline-steps', str(size['pipeline_steps']),
-    '--block', str(size['block']), '--time-budget', '0',
+    '--block', str(size['block']),
+    '--time-budget', str(size.get('time_budget', 0)),
   ]
   if size['head_width']:
     argv += ['--head-width', str(size['head_width'])]
@@ -424,16 +433,16 @@ def real_loop_config(size, teacher_dir):
   return config
 
 
-def part_real_loop(rec, size, deadline, out_dir, bench_records):
+def part_real_loop(rec, size, deadline, bench_records, cleanup):
   name = 'mhkd/dih/bfloat16/2_epochs'
   if deadline.passed():
     rec.skipped('real_loop', name, deadline.reason())
     return
   with rec.guard('real_loop', name):
-    import jax
     from flax import nnx
 
     from mhkd_jax import steps
+    from mhkd_jax.data import synthetic
     from mhkd_jax.models import create_model, heads
     from mhkd_jax.run import checkpoints
 
@@ -441,9 +450,10 @@ def part_real_loop(rec, size, deadline, out_dir, bench_records):
     # ImportError the guard records.
     from mhkd_jax import train
 
-    work = tempfile.mkdtemp(prefix='real_loop_', dir=out_dir)
+    # Its checkpoints are not results: a temporary directory, removed.
+    work = tempfile.mkdtemp(prefix='accelerator_check_loop_')
+    cleanup.append(work)
     teacher_dir = os.path.join(work, 'teacher')
-    from mhkd_jax.data import synthetic
 
     model = create_model(size['teacher'], num_classes=synthetic.NUM_CLASSES,
                          rngs=nnx.Rngs(0))
@@ -571,7 +581,7 @@ def summarize_trace(events, steps: int) -> dict:
   }
 
 
-def part_profile(rec, size, deadline, out_dir):
+def part_profile(rec, size, deadline, trace_root):
   if deadline.passed():
     for name in ('latency_step', 'pipelined_steps'):
       rec.skipped('profile', name, deadline.reason())
@@ -592,7 +602,7 @@ def part_profile(rec, size, deadline, out_dir):
       ('pipelined_steps', k,
        lambda: benchmark_step.time_pipelined(bench.dispatch, bench.sync, k)),
     ):
-      trace_dir = os.path.join(out_dir, 'profile', name)
+      trace_dir = os.path.join(trace_root, name)
       with jax.profiler.trace(trace_dir):
         wall = run()
       events = _trace_events(trace_dir)
@@ -610,7 +620,7 @@ def part_profile(rec, size, deadline, out_dir):
         )
       else:
         rec.measured('profile', name, steps=steps, wall_s_per_step=wall,
-                     trace_dir=trace_dir, **summary)
+                     **summary)
 
 
 def part_imports(rec):
@@ -704,11 +714,17 @@ def main(argv=None):
     # Cheap compiles: the smoke run checks that every part runs.
     jax.config.update('jax_disable_most_optimizations', True)
   torch_version = benchmark_step.import_torch(None, threads)
+  platform, kind = benchmark_step.device_summary()
   size = sizes(args.smoke)
+  if platform == 'cpu' and not args.smoke:
+    # The accelerator sizes take minutes a step here: each benchmark case
+    # gets a time budget, and the deadline cuts the rest.
+    size['time_budget'] = 60
+    print('# no accelerator: the full check on a CPU runs until its '
+          'deadline; --smoke is the CPU size.', flush=True)
   rec = Recorder(args.out, deadline)
   with rec.guard('environment', 'versions_and_device'):
     part_environment(rec, size, threads, torch_version)
-  platform, kind = benchmark_step.device_summary()
   if torch_version is None:
     rec.skipped('step_parity', '-', 'torch does not import here')
   else:
@@ -717,11 +733,21 @@ def main(argv=None):
   part_step_benchmark(rec, size, deadline, 'bfloat16', threads,
                       torch_version is not None)
   part_students(rec, size, deadline)
-  part_real_loop(rec, size, deadline, args.out, rec.records)
-  part_profile(rec, size, deadline, args.out)
-  part_step_benchmark(rec, size, deadline, 'float32', threads,
-                      torch_version is not None)
-  part_imports(rec)
+  cleanup = []
+  try:
+    part_real_loop(rec, size, deadline, rec.records, cleanup)
+    if args.keep_traces:
+      trace_root = os.path.join(args.out, 'profile')
+    else:
+      trace_root = tempfile.mkdtemp(prefix='accelerator_check_trace_')
+      cleanup.append(trace_root)
+    part_profile(rec, size, deadline, trace_root)
+    part_step_benchmark(rec, size, deadline, 'float32', threads,
+                        torch_version is not None)
+    part_imports(rec)
+  finally:
+    for path in cleanup:
+      shutil.rmtree(path, ignore_errors=True)
   header = (f'{platform}: {kind}, jax {jax.__version__}'
             f'{", smoke" if args.smoke else ""}, '
             f'{deadline.elapsed():.0f} s')
