@@ -624,7 +624,9 @@ def part_profile(rec, size, deadline, trace_root):
 
 
 def part_imports(rec):
-  present = sorted(m for m in HEAVY_MODULES if m in sys.modules)
+  # A None entry is an import that was refused, not a module.
+  present = sorted(m for m in HEAVY_MODULES
+                   if sys.modules.get(m) is not None)
   rec.measured('environment', 'imported_heavy_modules', modules=present,
                none=not present)
 
