@@ -2,7 +2,10 @@
 #                 embedded data (teacher, heads, vanilla/KD/MHKD students).
 # make test:      set up .venv (with the torch extra) and run every test.
 # make test-fast: the fast tier (docs/testing.md): under 3 minutes here.
-# make bench:     the JAX vs PyTorch step benchmark (experiments/).
+# make bench:     the JAX vs PyTorch step benchmark (experiments/), on the
+#                 devices the installed wheels see: the CPU here.
+# make bench-gpu: the same on an NVIDIA GPU: first installs the CUDA jaxlib
+#                 (the `cuda` extra) into .venv.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.installed-torch
 DEMO_WORKDIR ?= demo_workdir
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench bench-gpu clean
 
 # What the demo needs: the pinned requirements and the package.
 $(STAMP): requirements.txt pyproject.toml
@@ -50,6 +53,18 @@ test-fast: $(TORCH_STAMP)
 	$(PYTEST) -m 'not slow' tests
 
 bench: $(TORCH_STAMP)
+	$(PY) -m experiments.benchmark_step
+
+# requirements.txt pins the CPU jaxlib, with which jax sees no GPU; the
+# `cuda` extra (pyproject.toml) adds the CUDA 13 plugin and libraries.
+# The torch stamp's torch==2.13.0 is a CUDA build where it comes from PyPI.
+CUDA_STAMP := $(VENV)/.installed-cuda
+
+$(CUDA_STAMP): $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e '.[cuda]'
+	touch $(CUDA_STAMP)
+
+bench-gpu: $(CUDA_STAMP)
 	$(PY) -m experiments.benchmark_step
 
 clean:

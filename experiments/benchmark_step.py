@@ -1,4 +1,6 @@
-"""Times the project's compiled train step against the PyTorch baseline.
+"""Times the project's compiled train step against the PyTorch baseline,
+on the device this process has: a GPU or TPU where jax has one (and a CUDA
+GPU for PyTorch where torch has one), else the CPU.
 
   python -m experiments.benchmark_step            # what `make bench` runs
   python -m experiments.benchmark_step --method mhkd --head light \\
@@ -9,15 +11,25 @@ The JAX step is the real one, built as ``train_and_evaluate`` builds it
 and ``steps.create_train_step``): the input's program takes the batch from
 the resident split, crops, flips and normalises it; the train step runs
 the frozen teacher, student + heads + loss under one ``value_and_grad``
-and SGD. Both are timed together, step by step with ``block_until_ready``
-(the train step's compile time is reported apart).
-``--also-fused-input`` also times both programs fused into one. The PyTorch
-step is ``tests/torch_reference/train_step.py`` (RepDistiller
-semantics) on a batch that is already normalised (its data loading is not
-timed, while the JAX input's gather and augmentation are). Both run in one
-process, in alternating blocks of steps after a warm-up, so that machine
-load drifts hit both; only the ratio of one run is meaningful on a shared
-machine.
+and SGD. The PyTorch step is ``tests/torch_reference/train_step.py``
+(RepDistiller semantics) on a batch that is already normalised (its data
+loading is not timed, while the JAX input's gather and augmentation are);
+on a CUDA GPU its models and batch live on the GPU, in channels-last
+memory, with ``cudnn.benchmark`` on and ``torch.autocast('cuda')`` for
+bfloat16.
+
+Two timings per side:
+
+* latency: each step is waited for (``block_until_ready``;
+  ``torch.cuda.synchronize``) before the next starts. Both sides run in
+  one process, in alternating blocks of steps after a warm-up, so that
+  load drifts on a shared machine hit both; only the ratio of one run is
+  meaningful there.
+* pipelined: ``--pipeline-steps`` k steps are dispatched and waited for
+  once, as a training loop runs them: steps/s = k / elapsed. On an
+  accelerator this hides the host's dispatch behind the device's work;
+  on the CPU the step runs on the host's own threads and the figure
+  equals the latency one, so it is off there unless asked for.
 
 Both frameworks get the same CPU threads: the process is pinned to
 ``--threads`` cores (default: every core this process may use), which
@@ -25,11 +37,14 @@ sizes XLA's CPU thread pool, and ``torch.set_num_threads`` gets the same
 number.
 
 Reported per measurement: median step time with min/max and the
-interquartile range, images/s, step FLOPs (XLA cost analysis of the
-compiled step; for PyTorch ``torch.utils.flop_counter``), achieved FLOP/s,
-memory (peak device memory on accelerators; on CPU XLA's buffer
-assignment of the step (arguments + outputs + temporaries) and the
-process's peak RSS, which covers both frameworks).
+interquartile range, images/s, step FLOPs (XLA's cost analysis of the
+compiled step; for PyTorch ``torch.utils.flop_counter``), TFLOP/s and MFU
+(achieved FLOP/s over the device's peak for the compute dtype, from
+``PEAK_FLOPS``; 'n/a' where no peak is known, as on CPUs), memory (peak
+device memory on accelerators: jax ``memory_stats``, torch
+``max_memory_allocated``; on CPU XLA's buffer assignment of the step
+(arguments + outputs + temporaries) and the process's peak RSS, which
+covers both frameworks).
 """
 
 from __future__ import annotations
@@ -38,11 +53,81 @@ import argparse
 import datetime
 import json
 import os
-import platform
+import platform as platform_module
 import resource
 import statistics
 import sys
+import re
 import time
+
+# --------------------------------------------------------------------------
+# Device peaks, MFU and the two timings. Pure functions of their arguments,
+# so that tests/benchmark_step_test.py checks them with fakes.
+
+# Dense (no sparsity) peak FLOP/s of one chip, from the vendors' data
+# sheets: (pattern on jax's or torch's device kind, bfloat16, float32).
+# float32 on NVIDIA GPUs is the TF32 tensor-core peak: convolutions in
+# float32 run as TF32 there by default in both frameworks (XLA's default
+# precision; torch's cudnn.allow_tf32). TPUs publish no float32 peak (a
+# float32 matmul there is several bf16 passes): None, printed 'n/a'. The
+# first pattern that matches wins, so variants come before their family.
+PEAK_FLOPS = (
+  (r'h100.*pcie', 756e12, 378e12),
+  (r'h100.*nvl', 835e12, 418e12),
+  (r'h100', 989e12, 495e12),  # SXM
+  (r'h200.*nvl', 835e12, 418e12),
+  (r'h200', 989e12, 495e12),  # SXM
+  (r'a100', 312e12, 156e12),
+  (r'\bl4\b', 121e12, 60e12),
+  (r'tpu v4', 275e12, None),
+  (r'tpu v5 ?(lite|e)', 197e12, None),  # jax calls v5e 'TPU v5 lite'
+  (r'tpu v5', 459e12, None),  # v5p
+  (r'tpu v6 ?(lite|e)', 918e12, None),  # v6e (Trillium)
+)
+
+
+def peak_flops(device_kind: str, dtype: str, table=PEAK_FLOPS):
+  """The device's peak FLOP/s for ``dtype``, or None if unknown (CPUs,
+  devices not in the table)."""
+  kind = device_kind.lower()
+  for pattern, bf16, f32 in table:
+    if re.search(pattern, kind):
+      return bf16 if dtype == 'bfloat16' else f32
+  return None
+
+
+def flops_per_s(step_flops, seconds_per_step):
+  if not step_flops or not seconds_per_step:
+    return None
+  return step_flops / seconds_per_step
+
+
+def model_flops_utilization(step_flops, seconds_per_step, peak):
+  """Achieved FLOP/s over the peak (a fraction), or None without a peak.
+
+  ``step_flops`` is XLA's count for the compiled step (the PyTorch side:
+  torch's flop counter), so this is the hardware's utilisation by the
+  program XLA built, recomputation included.
+  """
+  rate = flops_per_s(step_flops, seconds_per_step)
+  if rate is None or not peak:
+    return None
+  return rate / peak
+
+
+def time_latency(step, n: int) -> list[float]:
+  """``n`` calls of ``step``, which waits for its own result and returns
+  its seconds."""
+  return [step() for _ in range(n)]
+
+
+def time_pipelined(dispatch, sync, k: int) -> float:
+  """Seconds per step of ``k`` dispatches waited for once at the end."""
+  start = time.perf_counter()
+  for _ in range(k):
+    dispatch()
+  sync()
+  return (time.perf_counter() - start) / k
 
 
 def _parse_args(argv):
@@ -68,8 +153,22 @@ def _parse_args(argv):
   p.add_argument('--head-width', type=int, default=None)
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--num-classes', type=int, default=100)
-  p.add_argument('--steps', type=int, default=10, help='timed steps/side')
-  p.add_argument('--warmup', type=int, default=2, help='untimed steps/side')
+  p.add_argument(
+    '--steps', type=int, default=None,
+    help='timed latency steps/side (default: 10 on CPU, 100 on an '
+    'accelerator)',
+  )
+  p.add_argument(
+    '--warmup', type=int, default=None,
+    help='untimed steps/side (default: 2 on CPU, 10 on an accelerator, '
+    "where cudnn.benchmark tunes PyTorch's first steps)",
+  )
+  p.add_argument(
+    '--pipeline-steps', type=int, default=None,
+    help='steps per pipelined measurement, dispatched and waited for once '
+    '(3 measurements per side); 0 = latency only (default: 0 on CPU, 50 '
+    'on an accelerator)',
+  )
   p.add_argument(
     '--time-budget', type=float, default=75.0,
     help='seconds of timed steps per case (all sides together); fewer '
@@ -86,6 +185,11 @@ def _parse_args(argv):
     'PyTorch runs under torch.autocast. On CPUs without AVX512-BF16 the '
     'PyTorch bf16 step is far slower than its f32 step '
     '(docs/performance.md).',
+  )
+  p.add_argument(
+    '--fold-teacher', action=argparse.BooleanOptionalAction, default=None,
+    help="config.teacher.fold_batchnorm of the JAX step (default: the "
+    "config's); the PyTorch teacher is never folded",
   )
   p.add_argument(
     '--torch', action=argparse.BooleanOptionalAction, default=None,
@@ -139,8 +243,9 @@ def _parse_args(argv):
     "'independent' (config.students_share_data)",
   )
   p.add_argument(
-    '--students-loop', default='unroll', choices=('unroll', 'vmap'),
-    help='config.students_loop of the N-student step',
+    '--students-loop', default='unroll',
+    help='config.students_loop of the N-student step, comma-separated: '
+    "'unroll' and/or 'vmap' (each N-student step timed with each)",
   )
   p.add_argument('--out', default='', help='append results as JSON lines')
   return p.parse_args(argv)
@@ -164,7 +269,7 @@ def _cpu_model() -> str:
     with open('/proc/cpuinfo') as f:
       info = f.read()
   except OSError:
-    return platform.processor() or 'unknown'
+    return platform_module.processor() or 'unknown'
   name = next(
     (l.split(':', 1)[1].strip() for l in info.splitlines()
      if l.startswith('model name')), 'unknown',
@@ -208,7 +313,8 @@ class JaxBench:
 
   def __init__(self, args, method_name, head, num_examples,
                xla_defaults=False, dtype=None, fused_input=False,
-               num_students=1, share_data=True, fold_teacher=None):
+               num_students=1, share_data=True, fold_teacher=None,
+               students_loop=None):
     import jax
     import numpy as np
     from flax import nnx
@@ -228,7 +334,11 @@ class JaxBench:
     self.dtype = config.compute_dtype = dtype or args.dtype
     config.num_students = self.num_students = num_students
     config.students_share_data = self.share_data = share_data
-    config.students_loop = args.students_loop
+    config.students_loop = self.students_loop = (
+      students_loop or args.students_loop.split(',')[0]
+    )
+    if fold_teacher is None:
+      fold_teacher = getattr(args, 'fold_teacher', None)
     if fold_teacher is not None:
       config.teacher.fold_batchnorm = fold_teacher
     self.fold_teacher = config.teacher.fold_batchnorm
@@ -268,7 +378,7 @@ class JaxBench:
         method=method, graphdef=graphdef, teacher_graphdef=t_graphdef,
         tx=tx, data=data, compiler_options=compiler_options,
         num_students=num_students, share_data=share_data,
-        students_loop=args.students_loop,
+        students_loop=self.students_loop,
       )
 
     train_step = create_step(self.compiler_options)
@@ -334,12 +444,19 @@ class JaxBench:
       yield (self.state, self.t_state, self.input.images, self.input.labels,
              order, jnp.int32(position), key)
 
+  def dispatch(self) -> None:
+    """Enqueues the input's program and the step; returns at once."""
+    self.state, self._metrics = self.compiled(*next(self.args_iter))
+
+  def sync(self) -> None:
+    self.jax.block_until_ready((self.state, self._metrics))
+
   def step(self) -> float:
     start = time.perf_counter()
-    self.state, metrics = self.compiled(*next(self.args_iter))
-    self.jax.block_until_ready((self.state, metrics))
+    self.dispatch()
+    self.sync()
     elapsed = time.perf_counter() - start
-    self.last_loss = float(self.jax.numpy.mean(metrics['loss']))
+    self.last_loss = float(self.jax.numpy.mean(self._metrics['loss']))
     return elapsed
 
   def peak_device_memory(self):
@@ -354,7 +471,15 @@ class JaxBench:
 
 
 class TorchBench:
-  """RepDistiller-style PyTorch step on a fixed, normalised batch."""
+  """RepDistiller-style PyTorch step on a fixed, normalised batch.
+
+  On a CUDA GPU (when torch sees one) the models and the batch live there,
+  in channels-last memory (NHWC, what cuDNN's tensor-core convolutions
+  read without transposes), with ``cudnn.benchmark`` choosing each
+  convolution's algorithm on the first steps (the warm-up), and
+  bfloat16 under ``torch.autocast('cuda')``. On the CPU: contiguous NCHW
+  and ``torch.autocast('cpu')``, as the PyTorch code bases run there.
+  """
 
   def __init__(self, args, method_name, head):
     import torch
@@ -364,12 +489,19 @@ class TorchBench:
     from tests.torch_reference import train_step
 
     self.torch = torch
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    self.cuda = self.device.type == 'cuda'
+    self.device_kind = (
+      torch.cuda.get_device_name(self.device) if self.cuda else 'cpu'
+    )
+    self.dtype = args.dtype
     config = _jax_config(args, method_name, head)
     torch.manual_seed(0)
     teacher = torch_models.create_torch_model(args.teacher, args.num_classes)
     student = torch_models.create_torch_model(args.student, args.num_classes)
     s_heads = t_heads = None
     if method_name == 'mhkd':
+      # Built on the CPU: the heads size themselves from a forward pass.
       s_heads = torch_heads.create_heads(
         head, student, None, num_classes=args.num_classes,
         width=args.head_width,
@@ -378,23 +510,37 @@ class TorchBench:
         head, teacher, None, num_classes=args.num_classes,
         width=args.head_width,
       )
+    memory_format = (
+      torch.channels_last if self.cuda else torch.contiguous_format
+    )
+    for m in (teacher, student, s_heads, t_heads):
+      if m is not None:
+        m.to(self.device, memory_format=memory_format)
+    if self.cuda:
+      torch.backends.cudnn.benchmark = True
+      torch.cuda.reset_peak_memory_stats(self.device)
+    # The optimizer is built over the parameters where they now live.
     self.step_fn = train_step.create_step_from_config(
       config, student=student, teacher=teacher, student_heads=s_heads,
       teacher_heads=t_heads,
     )
     self.autocast = args.dtype == 'bfloat16'
     g = torch.Generator().manual_seed(0)
-    self.x = torch.randn(args.batch, 3, 32, 32, generator=g)
-    self.y = torch.randint(0, args.num_classes, (args.batch,), generator=g)
+    x = torch.randn(args.batch, 3, 32, 32, generator=g)
+    self.x = x.to(self.device, memory_format=memory_format)
+    self.y = torch.randint(
+      0, args.num_classes, (args.batch,), generator=g
+    ).to(self.device)
     self.num_params = sum(
       p.numel() for m in self.step_fn.trainable_modules()
       for p in m.parameters()
     )
     self.flops = None
+    self._out = None
 
   def _run(self):
     if self.autocast:
-      with self.torch.autocast('cpu', dtype=self.torch.bfloat16):
+      with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16):
         return self.step_fn(self.x, self.y)
     return self.step_fn(self.x, self.y)
 
@@ -405,12 +551,26 @@ class TorchBench:
       self._run()
     self.flops = float(counter.get_total_flops())
 
+  def dispatch(self) -> None:
+    """Runs one step's Python; on CUDA the kernels are only enqueued."""
+    self._out = self._run()
+
+  def sync(self) -> None:
+    if self.cuda:
+      self.torch.cuda.synchronize(self.device)
+
   def step(self) -> float:
     start = time.perf_counter()
-    out = self._run()
+    self.dispatch()
+    self.sync()
     elapsed = time.perf_counter() - start
-    self.last_loss = float(out['loss'])
+    self.last_loss = float(self._out['loss'])
     return elapsed
+
+  def peak_device_memory(self):
+    if not self.cuda:
+      return None
+    return self.torch.cuda.max_memory_allocated(self.device)
 
 
 # --------------------------------------------------------------------------
@@ -444,9 +604,22 @@ def _alternate(benches, warmup, steps, block, budget):
   times = {name: [] for name in benches}
   while any(len(t) < steps for t in times.values()):
     for name, bench in benches.items():
-      for _ in range(min(block, steps - len(times[name]))):
-        times[name].append(bench.step())
+      times[name] += time_latency(
+        bench.step, min(block, steps - len(times[name]))
+      )
   return times
+
+
+def _pipelined(benches, k, rounds=3):
+  """name -> median seconds per step of ``rounds`` pipelined runs of
+  ``k`` steps, the sides alternating."""
+  if not k:
+    return {}
+  per_step = {name: [] for name in benches}
+  for _ in range(rounds):
+    for name, bench in benches.items():
+      per_step[name].append(time_pipelined(bench.dispatch, bench.sync, k))
+  return {name: statistics.median(t) for name, t in per_step.items()}
 
 
 def _fmt_bytes(n):
@@ -459,7 +632,113 @@ def _fmt_flops(f):
   return 'n/a' if not f else f'{f / 1e9:.1f}'
 
 
+def _fmt_mfu(mfu):
+  return 'n/a' if mfu is None else f'{100 * mfu:.1f}%'
+
+
+def device_summary():
+  """(platform, device kind) of jax's first device."""
+  import jax
+
+  device = jax.devices()[0]
+  return device.platform, str(device.device_kind)
+
+
+def device_peak(dtype, platform=None, kind=None):
+  """The peak FLOP/s of jax's device for ``dtype``; None on CPUs, whose
+  peak depends on clocks and vector units that no table here holds."""
+  if platform is None:
+    platform, kind = device_summary()
+  if platform == 'cpu':
+    return None
+  return peak_flops(kind, dtype)
+
+
+def resolve_defaults(args):
+  """Fills the options whose default depends on the device (after jax
+  can be imported: after ``_pin_threads`` and XLA_FLAGS)."""
+  platform, _ = device_summary()
+  accelerator = platform != 'cpu'
+  if args.steps is None:
+    args.steps = 100 if accelerator else 10
+  if args.warmup is None:
+    args.warmup = 10 if accelerator else 2
+  if args.pipeline_steps is None:
+    args.pipeline_steps = 50 if accelerator else 0
+  return args
+
+
+def _result(args, case, name, bench, s, pipelined_s, threads, platform,
+            kind):
+  """One measurement as a flat dict (what --out writes)."""
+  dtype = getattr(bench, 'dtype', args.dtype)
+  if name == 'torch':  # torch may see a GPU where jax does not
+    peak = peak_flops(bench.device_kind, dtype) if bench.cuda else None
+  else:
+    peak = device_peak(dtype, platform, kind)
+  # The throughput figure: pipelined where measured, else latency.
+  seconds = pipelined_s or s['median_s']
+  r = {
+    'case': case, 'framework': name, 'teacher': args.teacher,
+    'student': args.student, 'batch': args.batch, 'dtype': dtype,
+    'threads': threads, **s,
+    'pipelined_s_per_step': pipelined_s,
+    'pipelined_steps': args.pipeline_steps if pipelined_s else 0,
+    'steps_per_s': 1 / seconds,
+    'images_per_s': args.batch / seconds,
+    'step_flops': bench.flops,
+    'flops_per_s': flops_per_s(bench.flops, seconds),
+    'peak_flops_per_s': peak,
+    'mfu': model_flops_utilization(bench.flops, seconds, peak),
+    'trainable_params': bench.num_params,
+    'last_loss': bench.last_loss,
+    'peak_device_memory_bytes': bench.peak_device_memory(),
+  }
+  if name.startswith('jax'):
+    r.update(
+      device=kind, platform=platform, compile_s=bench.compile_s,
+      trace_s=bench.trace_s, xla_buffers_bytes=bench.xla_buffers,
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+      compiler_options=bench.compiler_options,
+      teacher_folded=bench.fold_teacher,
+    )
+  else:
+    r.update(device=str(bench.device), teacher_folded=False)
+  return r
+
+
+def _print_result(label, r):
+  if r.get('peak_device_memory_bytes') is not None:
+    mem = f'peak {_fmt_bytes(r["peak_device_memory_bytes"])}'
+  elif r['framework'].startswith('jax'):
+    mem = f'XLA buffers {_fmt_bytes(r["xla_buffers_bytes"])}'
+  else:
+    mem = 'see RSS'
+  compile_part = (
+    f'compile {r["compile_s"]:.1f} s (trace {r["trace_s"]:.1f} s) | '
+    if r['framework'].startswith('jax') else ''
+  )
+  pipelined = (
+    f' | pipelined {r["pipelined_s_per_step"] * 1e3:.2f} ms/step '
+    f'({r["steps_per_s"]:.1f} steps/s, k={r["pipelined_steps"]})'
+    if r['pipelined_s_per_step'] else ''
+  )
+  rate = ('n/a' if not r['flops_per_s']
+          else f'{r["flops_per_s"] / 1e12:.3f}')
+  print(
+    f'{label:44s} {r["framework"]:16s} | median {r["median_s"] * 1e3:7.1f} ms'
+    f' (min {r["min_s"] * 1e3:.1f}, max {r["max_s"] * 1e3:.1f}, IQR '
+    f'{r["iqr_s"] * 1e3:.1f}; n={r["n"]}){pipelined} | '
+    f'{r["images_per_s"]:6.1f} img/s | {_fmt_flops(r["step_flops"])} '
+    f'GFLOP/step, {rate} TFLOP/s, MFU {_fmt_mfu(r["mfu"])} | '
+    f'{compile_part}{mem}',
+    flush=True,
+  )
+
+
 def run_case(args, method_name, head, use_torch, torch_threads):
+  """Times one step (KD or MHKD with one head kind) in every variant asked
+  for; prints a line each and the ratios; returns the measurements."""
   import jax
 
   case = f'{method_name}' + (
@@ -507,60 +786,30 @@ def run_case(args, method_name, head, use_torch, torch_threads):
   times = _alternate(
     benches, args.warmup, args.steps, args.block, args.time_budget
   )
-  device = jax.devices()[0]
-  results = []
-  for name, bench in benches.items():
-    s = _summary(times[name])
-    r = {
-      'case': case, 'framework': name, 'teacher': args.teacher,
-      'student': args.student, 'batch': args.batch,
-      'dtype': getattr(bench, 'dtype', args.dtype),
-      'threads': torch_threads, **s,
-      'images_per_s': args.batch / s['median_s'],
-      'step_flops': bench.flops,
-      'flops_per_s': bench.flops / s['median_s'] if bench.flops else None,
-      'trainable_params': bench.num_params,
-      'last_loss': bench.last_loss,
-    }
-    if name.startswith('jax'):
-      r.update(
-        device=str(device.device_kind), compile_s=bench.compile_s,
-        trace_s=bench.trace_s, xla_buffers_bytes=bench.xla_buffers,
-        peak_device_memory_bytes=bench.peak_device_memory(),
-        xla_flags=os.environ.get('XLA_FLAGS', ''),
-        compiler_options=bench.compiler_options,
-        teacher_folded=bench.fold_teacher,
-      )
-    results.append(r)
+  pipelined = _pipelined(benches, args.pipeline_steps)
+  platform, kind = device_summary()
+  results = [
+    _result(args, case, name, bench, _summary(times[name]),
+            pipelined.get(name), torch_threads, platform, kind)
+    for name, bench in benches.items()
+  ]
   for r in results:
-    mem = (
-      f'peak {_fmt_bytes(r["peak_device_memory_bytes"])}'
-      if r.get('peak_device_memory_bytes') is not None
-      else (f'XLA buffers {_fmt_bytes(r["xla_buffers_bytes"])}'
-            if r['framework'].startswith('jax') else 'see RSS')
-    )
-    compile_part = (
-      f'compile {r["compile_s"]:.1f} s (trace {r["trace_s"]:.1f} s) | '
-      if r['framework'].startswith('jax') else ''
-    )
-    gflops = _fmt_flops(r['step_flops'])
-    rate = ('n/a' if not r['flops_per_s']
-            else f'{r["flops_per_s"] / 1e9:.1f}')
-    print(
-      f'{label:44s} {r["framework"]:16s} | median {r["median_s"] * 1e3:7.1f} ms'
-      f' (min {r["min_s"] * 1e3:.1f}, max {r["max_s"] * 1e3:.1f}, IQR '
-      f'{r["iqr_s"] * 1e3:.1f}; n={r["n"]}) | {r["images_per_s"]:6.1f} img/s'
-      f' | {gflops} GFLOP/step, {rate} GFLOP/s | {compile_part}{mem}',
-      flush=True,
-    )
+    _print_result(label, r)
   by_name = {r['framework']: r for r in results}
   if 'torch' in by_name:
+    torch_r = by_name['torch']
     for name, r in by_name.items():
       if name.startswith('jax'):
-        ratio = r['median_s'] / by_name['torch']['median_s']
+        ratio = r['median_s'] / torch_r['median_s']
         r['ratio_jax_over_torch'] = ratio
         print(f'{label:44s} ratio {name}/PyTorch step time = {ratio:.2f}',
               flush=True)
+        if r['pipelined_s_per_step'] and torch_r['pipelined_s_per_step']:
+          ratio = (r['pipelined_s_per_step']
+                   / torch_r['pipelined_s_per_step'])
+          r['ratio_jax_over_torch_pipelined'] = ratio
+          print(f'{label:44s} ratio {name}/PyTorch pipelined step time = '
+                f'{ratio:.2f}', flush=True)
   if 'jax-xla-defaults' in by_name:
     speedup = by_name['jax-xla-defaults']['median_s'] / by_name['jax'][
       'median_s']
@@ -589,8 +838,10 @@ def run_case(args, method_name, head, use_torch, torch_threads):
 
 def run_students_case(args, method_name, head):
   """The N-student steps against the one-student step, alternating in one
-  run; one line per N and data mode with ``students=N`` and
-  ``per_student_ratio=R``."""
+  run; one line per N, data mode and students loop with ``students=N`` and
+  ``per_student_ratio=R`` (N-student step / N / one-student step: 1 means
+  no saving, 1/N a free extra student). On an accelerator the ratio is of
+  the pipelined step times, the throughput a training loop sees."""
   case = f'{method_name}' + (
     f'/{head}/{args.teacher_heads}' if method_name == 'mhkd' else ''
   )
@@ -598,63 +849,142 @@ def run_students_case(args, method_name, head):
   num_examples = max(args.batch * 16, 1024)
   counts = [int(n) for n in args.num_students.split(',') if n]
   modes = [m for m in args.students_data.split(',') if m]
-  benches = {(1, 'shared'): JaxBench(args, method_name, head, num_examples)}
+  loops = [m for m in args.students_loop.split(',') if m]
+  for loop in loops:
+    if loop not in ('unroll', 'vmap'):
+      raise SystemExit(f'--students-loop {loop!r}: valid loops are unroll, '
+                       'vmap.')
+  one_key = (1, 'shared', '-')
+  benches = {one_key: JaxBench(args, method_name, head, num_examples)}
   for n in counts:
     for mode in modes:
-      if n > 1:
-        benches[(n, mode)] = JaxBench(
-          args, method_name, head, num_examples, num_students=n,
-          share_data=mode == 'shared',
-        )
+      for loop in loops:
+        if n > 1:
+          benches[(n, mode, loop)] = JaxBench(
+            args, method_name, head, num_examples, num_students=n,
+            share_data=mode == 'shared', students_loop=loop,
+          )
   times = _alternate(benches, args.warmup, args.steps, args.block,
                      args.time_budget)
-  one = statistics.median(times[(1, 'shared')])
+  pipelined = _pipelined(benches, args.pipeline_steps)
+
+  def seconds(key):
+    return pipelined.get(key) or statistics.median(times[key])
+
+  one = seconds(one_key)
   results = []
-  for (n, mode), bench in benches.items():
+  for key, bench in benches.items():
+    n, mode, loop = key
     if n not in counts:
       continue
     for m in (modes if n == 1 else [mode]):
-      t = statistics.median(times[(n, mode)])
+      t = seconds(key)
       ratio = t / n / one
+      timing = 'pipelined' if key in pipelined else 'latency'
       print(
-        f'{label} students={n} data={m} loop={args.students_loop} '
-        f'step={t * 1e3:.0f}ms per_student={t / n * 1e3:.0f}ms '
-        f'per_student_ratio={ratio:.3f} '
+        f'{label} students={n} data={m} loop={loop} '
+        f'step={t * 1e3:.2f}ms per_student={t / n * 1e3:.2f}ms '
+        f'per_student_ratio={ratio:.3f} ({timing}) '
         f'xla_buffers={_fmt_bytes(bench.xla_buffers)} '
         f'compile={bench.compile_s:.1f}s', flush=True,
       )
       results.append({
-        'case': case, 'students': n, 'data': m,
-        'loop': args.students_loop, **_summary(times[(n, mode)]),
-        'one_student_median_s': one, 'per_student_ratio': ratio,
+        'case': case, 'students': n, 'data': m, 'loop': loop,
+        'dtype': bench.dtype, **_summary(times[key]),
+        'pipelined_s_per_step': pipelined.get(key), 'timing': timing,
+        'one_student_s': one, 'per_student_ratio': ratio,
         'xla_buffers_bytes': bench.xla_buffers,
+        'compile_s': bench.compile_s,
       })
   return results
 
 
-def main(argv=None):
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
-  threads = _pin_threads(args.threads)
-  if args.xla_flags:
+def prepare_process(threads=None, xla_flags=''):
+  """What must happen before jax is imported: the CPU threads, XLA_FLAGS,
+  and the share of GPU memory jax takes. Returns the thread count."""
+  threads = _pin_threads(threads)
+  if xla_flags:
     os.environ['XLA_FLAGS'] = (
-      os.environ.get('XLA_FLAGS', '') + ' ' + args.xla_flags
+      os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags
     ).strip()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # jax takes 75% of a GPU's memory at start by default; PyTorch runs on
+  # the same GPU in this process and needs some of it.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.5')
+  return threads
+
+
+def import_torch(wanted, threads):
+  """torch's version if it is to be used (``wanted`` True or None and it
+  imports), else None."""
+  if wanted is False:
+    return None
+  try:
+    import torch
+  except ImportError:
+    if wanted:
+      raise SystemExit('--torch was asked for, but torch does not import.')
+    return None
+  torch.set_num_threads(threads)
+  return torch.__version__
+
+
+def environment(threads, torch_version, xla_default_cpu_libraries=False):
+  """The run's header: host, device, its peaks, versions, compiler flags."""
   import jax
 
-  use_torch = args.torch
-  torch_version = None
-  if use_torch is not False:
-    try:
-      import torch
+  from mhkd_jax import parallel, steps
 
-      torch.set_num_threads(threads)
-      torch_version = torch.__version__
-      use_torch = True
-    except ImportError:
-      if use_torch:
-        raise SystemExit('--torch was asked for, but torch does not import.')
-      use_torch = False
+  platform, kind = device_summary()
+  torch_device = None
+  if torch_version is not None:
+    import torch
+
+    torch_device = (f'cuda: {torch.cuda.get_device_name()}'
+                    if torch.cuda.is_available() else 'cpu')
+  return {
+    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+    'host_cpu': _cpu_model(),
+    'device': f'{platform}: {kind}',
+    'device_count': jax.device_count(),
+    'peak_bf16_flops_per_s': device_peak('bfloat16', platform, kind),
+    'peak_f32_flops_per_s': device_peak('float32', platform, kind),
+    'threads': threads,
+    'python': platform_module.python_version(),
+    'jax': jax.__version__,
+    'jaxlib': _version('jaxlib'),
+    'flax': _version('flax'),
+    'torch': torch_version,
+    'torch_device': torch_device,
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'step_compiler_options': (
+      None if xla_default_cpu_libraries
+      else steps.compiler_options(parallel.create_mesh(1))
+    ),
+  }
+
+
+def _version(package):
+  from importlib import metadata
+
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def _fmt_peak(p):
+  return 'n/a' if p is None else f'{p / 1e12:.0f} TFLOP/s'
+
+
+def main(argv=None):
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  threads = prepare_process(args.threads, args.xla_flags)
+  torch_version = import_torch(args.torch, threads)
+  use_torch = torch_version is not None
+  resolve_defaults(args)
   methods = [m for m in args.method.split(',') if m]
   head_kinds = [h for h in args.head.split(',') if h]
   cases = []
@@ -666,37 +996,33 @@ def main(argv=None):
     else:
       raise SystemExit(f'--method {m!r}: valid methods are kd, mhkd.')
 
-  from mhkd_jax import parallel, steps
-
-  device = jax.devices()[0]
-  header = {
-    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec='seconds'
-    ),
-    'host_cpu': _cpu_model(),
-    'device': f'{device.platform}: {device.device_kind}',
-    'threads': threads,
-    'jax': jax.__version__,
-    'torch': torch_version,
-    'xla_flags': os.environ.get('XLA_FLAGS', ''),
-    'step_compiler_options': (
-      None if args.xla_default_cpu_libraries
-      else steps.compiler_options(parallel.create_mesh(1))
-    ),
-  }
+  header = environment(threads, torch_version,
+                       args.xla_default_cpu_libraries)
   print(
-    f'# {header["date"]} | {header["host_cpu"]} | {header["device"]} | '
+    f'# {header["date"]} | {header["host_cpu"]} | {header["device"]} '
+    f'(peak bf16 {_fmt_peak(header["peak_bf16_flops_per_s"])}, f32 '
+    f'{_fmt_peak(header["peak_f32_flops_per_s"])}) | '
     f'{threads} threads for JAX (process pinned to {threads} cores) and '
-    f'for PyTorch (torch.set_num_threads({threads})) | jax {jax.__version__}'
-    f', torch {torch_version or "absent"} | XLA_FLAGS='
+    f'for PyTorch (torch.set_num_threads({threads})) | jax {header["jax"]}'
+    f', torch {torch_version or "absent"}'
+    f'{" on " + header["torch_device"] if use_torch else ""} | XLA_FLAGS='
     f'{header["xla_flags"]!r} | JAX step compiler_options='
     f'{header["step_compiler_options"] or "XLA defaults"}',
     flush=True,
   )
+  if header['device'].startswith('cpu') and (
+    header['torch_device'] or ''
+  ).startswith('cuda'):
+    print('# jax sees no GPU while PyTorch does: this venv has the CPU '
+          'jaxlib; `make bench-gpu` installs the CUDA one.', flush=True)
+  pipelined = (
+    f'; then 3 x {args.pipeline_steps} pipelined steps per side'
+    if args.pipeline_steps else '; no pipelined timing (--pipeline-steps)'
+  )
   print(
     f'# {args.warmup} warm-up + {args.steps} timed steps per side, '
-    f'alternating blocks of {args.block}; PyTorch times exclude data '
-    'loading, JAX times include the batch gather and augmentation.',
+    f'alternating blocks of {args.block}{pipelined}; PyTorch times exclude '
+    'data loading, JAX times include the batch gather and augmentation.',
     flush=True,
   )
   all_results = []

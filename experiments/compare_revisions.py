@@ -78,6 +78,7 @@ def main(argv=None):
   old_rev = known.old_rev
   args = benchmark_step._parse_args(rest)  # noqa: SLF001
   benchmark_step._pin_threads(args.threads)  # noqa: SLF001
+  benchmark_step.resolve_defaults(args)
   directory = tempfile.mkdtemp(prefix='old_rev_')
   extract_old(old_rev, directory)
   sys.path.insert(0, directory)

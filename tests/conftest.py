@@ -25,7 +25,8 @@ import pytest  # noqa: E402
 _LONGEST_FIRST = (
   'multihost_test.py', 'students_test.py', 'methods_test.py',
   'train_test.py', 'fold_test.py', 'errors_test.py', 'step_parity_test.py',
-  'determinism_test.py', 'demo_test.py', 'config_fuzz_test.py',
+  'determinism_test.py', 'demo_test.py', 'accelerator_check_test.py',
+  'config_fuzz_test.py',
   # Then the longest of `make test-fast`.
   'interop_test.py', 'losses_parity_test.py', 'records_test.py',
   'steps_test.py', 'models_test.py', 'method_parity_test.py',

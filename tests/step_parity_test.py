@@ -253,12 +253,20 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-def _run_case(case):
+def _run_case(case, torch_device='cpu'):
+  """Three steps of ``case`` in both frameworks. ``torch_device``: where
+  the PyTorch side runs (experiments/accelerator_check.py runs it on the
+  GPU that the JAX step runs on)."""
   method_name, mode, folded, *optimizer = CASES[case]
   with jax.default_matmul_precision('highest'):
     config, method, teacher, trainable, t_step, torch_trained = _build(
       method_name, mode, *optimizer
     )
+    # In place: the optimizer keeps the same parameters.
+    for module in (t_step.student, t_step.teacher, t_step.student_heads,
+                   t_step.teacher_heads):
+      if module is not None:
+        module.to(torch_device)
     initial = {
       role: (_flat(getattr(trainable, role), nnx.Param),
              _flat(getattr(trainable, role), nnx.BatchStat))
@@ -289,6 +297,7 @@ def _run_case(case):
       # The batch the JAX step trained on, fed to torch as NCHW.
       x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
       y = torch.from_numpy(labels[sl].astype(np.int64))
+      x, y = x.to(torch_device), y.to(torch_device)
       if i == 0:
         counts, hooks = _bn_count_hooks(torch_trained)
       t_metrics.append({k: float(v) for k, v in t_step(x, y).items()})

