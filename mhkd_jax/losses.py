@@ -621,3 +621,104 @@ def ofd_loss(source: jax.Array, target: jax.Array,
     + (s - t) ** 2 * (t > 0)
   )
   return jnp.sum(jnp.mean(jnp.abs(loss), axis=0))
+
+
+# KDSVD (Lee et al., ECCV 2018), as mdistiller computes it. -----------------
+
+
+def _finite(x: jax.Array) -> jax.Array:
+  """Non-finite entries set to 0 (mdistiller's ``removenan``)."""
+  return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def svd_right_vectors(f: jax.Array, n: int):
+  """The n leading singular values and right singular vectors of a map.
+
+  mdistiller views its NCHW map (B, C, H, W) as the matrix (B, C*H, W):
+  rows are (channel, image row) pairs, columns the W image columns, so the
+  right singular vectors live on the image width (the authors' TensorFlow
+  code views NHWC as (B, H*W, C): vectors on the channels; docs/
+  methods.md#kdsvd). The right vectors and the singular values depend on
+  the rows only through X^T X, so the NHWC map is taken as (B, H*C, W),
+  rows in another order, the same result.
+
+  Returns ``(s, v)``: s (B, n) L2-normalised over the n values, v (B, W, n)
+  each vector L2-normalised (already unit, up to rounding; kept for the
+  same gradient as torch's ``F.normalize``), non-finite entries zeroed
+  before both as in mdistiller. Fewer than n when min(H*C, W) < n.
+  """
+  b, h, w, c = f.shape
+  x = jnp.transpose(f, (0, 1, 3, 2)).reshape(b, h * c, w)
+  # The thin SVD, as torch.svd: V is (W, min(H*C, W)) here.
+  _, s, vt = jnp.linalg.svd(x, full_matrices=False)
+  v = jnp.swapaxes(_finite(vt), -1, -2)
+  s = _finite(s)
+  return (_l2_normalize(s[:, :n], axis=1),
+          _l2_normalize(v[:, :, :n], axis=1))
+
+
+def align_singular_vectors(v_s: jax.Array, v_t: jax.Array) -> jax.Array:
+  """For each teacher vector (column of ``v_t``), the student vector of
+  largest |cosine| with it, times the cosine's sign (mdistiller's
+  ``align_rsv``). Singular vectors are defined up to sign, so the student's
+  are flipped to the teacher's. The selection carries no gradient."""
+  cosine = jnp.einsum('bwi,bwj->bij', v_s, v_t)
+  best = jnp.max(jnp.abs(cosine), axis=1, keepdims=True)
+  mask = jax.lax.stop_gradient(
+    jnp.where(jnp.abs(cosine) == best, jnp.sign(cosine), 0.0))
+  return jnp.einsum('bwi,bij->bwj', v_s, mask)
+
+
+def canonical_signs(v: jax.Array) -> jax.Array:
+  """Each vector (column of v, (B, W, n)) flipped to a non-negative entry
+  sum. The sign an SVD routine returns is arbitrary, and the kernel between
+  two stages changes when one stage's teacher vector flips (the student's
+  follow the teacher's, so only the teacher's sign matters): fixing it
+  makes the loss a function of the features alone, on every backend
+  (docs/methods.md#kdsvd)."""
+  return v * jnp.where(jnp.sum(v, axis=1, keepdims=True) < 0, -1.0, 1.0)
+
+
+@in_float32
+def kdsvd_loss(g_s: list[jax.Array], g_t: list[jax.Array],
+               k: int = 1) -> jax.Array:
+  """KDSVD over paired NHWC stage maps (mdistiller's ``kdsvd_loss``).
+
+  Per stage: the teacher's k leading right singular vectors (signs made
+  canonical: ``canonical_signs``), the student's k + 3 aligned to them (``align_singular_vectors``), both scaled by the
+  teacher's normalised singular values. Between consecutive stages i-1, i
+  and per vector j, the RBF kernel exp(-(a - b)^2 / 8) of every entry a of
+  stage i's vector with every entry b of stage i-1's; the loss is the
+  squared difference of the student's and the teacher's kernels (non-
+  finite entries zeroed), summed and divided by the batch. In float32 (the
+  SVD too) whatever the features' dtype. The pairs need the same width per
+  stage (the vectors live on it).
+  """
+  if len(g_s) != len(g_t):
+    raise ValueError(
+      f'kdsvd_loss: {len(g_s)} student maps but {len(g_t)} teacher maps; '
+      'pair every stage.'
+    )
+  total = jnp.zeros((), jnp.float32)
+  prev_s = prev_t = None
+  for i, (f_s, f_t) in enumerate(zip(g_s, g_t)):
+    if f_s.shape[2] != f_t.shape[2]:
+      raise ValueError(
+        f'kdsvd_loss: pair {i} has widths {f_s.shape[2]} (student) and '
+        f'{f_t.shape[2]} (teacher); KDSVD compares singular vectors on the '
+        'map width, so pair stages of the same size.'
+      )
+    f_t = jax.lax.stop_gradient(f_t)
+    s_t, v_t = svd_right_vectors(f_t, k)
+    v_t = canonical_signs(v_t)
+    _, v_s = svd_right_vectors(f_s, k + 3)
+    v_s = align_singular_vectors(v_s, v_t)
+    v_t = v_t * s_t[:, None, :]
+    v_s = v_s * s_t[:, None, :]
+    if i > 0:
+      s_rbf = jnp.exp(-(v_s[:, :, None] - prev_s[:, None]) ** 2 / 8)
+      t_rbf = jnp.exp(-(v_t[:, :, None] - prev_t[:, None]) ** 2 / 8)
+      diff = _finite((s_rbf - jax.lax.stop_gradient(t_rbf)) ** 2)
+      total = total + jnp.sum(diff) / g_s[0].shape[0]
+    prev_s, prev_t = v_s, v_t
+  return total

@@ -166,12 +166,18 @@ def align_signs(v_s: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
   return torch.matmul(v_s, mask)
 
 
-def kdsvd_loss(g_s, g_t, k: int) -> torch.Tensor:
-  """mdistiller's ``kdsvd_loss`` over paired post-ReLU stage maps."""
+def kdsvd_loss(g_s, g_t, k: int, canonical_signs: bool = False):
+  """mdistiller's ``kdsvd_loss`` over paired post-ReLU stage maps.
+
+  ``canonical_signs``: flip each teacher vector to a non-negative entry
+  sum first (the JAX loss's rule; mdistiller keeps the SVD's own signs).
+  """
   total = 0.0
   prev_s = prev_t = None
   for i, (f_s, f_t) in enumerate(zip(g_s, g_t)):
     s_t, v_t = svd_right(f_t, k)
+    if canonical_signs:
+      v_t = v_t * torch.where(v_t.sum(1, keepdim=True) < 0, -1.0, 1.0)
     _, v_s = svd_right(f_s, k + 3)
     v_s = align_signs(v_s, v_t)
     v_t = v_t * s_t.unsqueeze(1)
