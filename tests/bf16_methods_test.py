@@ -12,11 +12,12 @@ precision", say why these).
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mhkd_jax import distill, parallel, steps, train_state
+from mhkd_jax import distill, losses, parallel, steps, train_state
 from mhkd_jax.configs import test as test_config
 from mhkd_jax.data import datasets, input_pipeline
 from mhkd_jax.distill.base import DataSpec, Teacher
@@ -88,6 +89,8 @@ CASES = {
   'ctkd': ('ctkd', {}, None),
   'dist': ('dist', {}, None),
   'ofd': ('ofd', {}, None),
+  # SVDs of the stage maps, in float32 (losses.in_float32).
+  'kdsvd': ('kdsvd', {}, None),
   # Logit standardization and DOT are switches on any method.
   'kd_ls': ('kd', {'kd.logit_standardize': True}, None),
   'dkd_ls': ('dkd', {'dkd.logit_standardize': True}, None),
@@ -210,3 +213,26 @@ def test_bf16_step_follows_the_float32_step(name):
         f'{bf16[-1]["loss"]:.5g} vs {f32[-1]["loss"]:.5g}')
   if name not in FIRST_STEP_ONLY:
     assert error <= UPDATE_RTOL, (name, error)
+
+
+def test_kdsvd_takes_its_svds_in_float32():
+  """bf16 maps reach kdsvd_loss; its SVDs (a bf16 SVD keeps 8 bits of the
+  singular vectors, and their gradients divide by singular-value gaps)
+  must run in float32 (losses.in_float32)."""
+  maps = [jnp.ones((2, 8, 8, 4), jnp.bfloat16),
+          jnp.ones((2, 4, 4, 8), jnp.bfloat16)]
+  jaxpr = jax.make_jaxpr(jax.grad(lambda g: losses.kdsvd_loss(g, maps)))(
+    maps).jaxpr
+
+  def svd_inputs(jaxpr):  # through the nested jit of jnp.linalg.svd
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'svd':
+        yield eqn.invars[0].aval.dtype
+      for param in eqn.params.values():
+        inner = getattr(param, 'jaxpr', param)
+        if hasattr(inner, 'eqns'):
+          yield from svd_inputs(inner)
+
+  dtypes = list(svd_inputs(jaxpr))
+  assert len(dtypes) >= 4  # student and teacher, two stages
+  assert set(dtypes) == {np.dtype('float32')}
