@@ -631,6 +631,44 @@ def _finite(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
 
 
+@jax.custom_vjp
+def _singular_values_and_right_vectors(x: jax.Array):
+  """``(s, V)`` of the thin SVD of x (..., m, n), m >= n: V is (n, n).
+
+  Its gradient is the one ``jnp.linalg.svd`` and ``torch.svd`` use for the
+  values and right vectors, with one change: a term divided by s_j^2 -
+  s_i^2 counts 0 where that gap is 0. Such a term is multiplied by
+  V^T dL/dV at (i, j), which is 0 when neither vector is used, so for
+  repeated singular values outside the vectors used (all-zero columns of a
+  map: several values exactly 0) this is the exact gradient, where the
+  library rules give inf * 0 = NaN (docs/methods.md#kdsvd).
+  """
+  _, s, vt = jnp.linalg.svd(x, full_matrices=False)
+  return s, jnp.swapaxes(vt, -1, -2)
+
+
+def _svd_fwd(x):
+  u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+  v = jnp.swapaxes(vt, -1, -2)
+  return (s, v), (u, s, v)
+
+
+def _svd_bwd(res, cotangents):
+  u, s, v = res
+  g_s, g_v = cotangents
+  s2 = s * s
+  gap = s2[..., None, :] - s2[..., :, None]  # [i, j]: s_j^2 - s_i^2
+  usable = jnp.abs(gap) > jnp.finfo(gap.dtype).tiny
+  f = jnp.where(usable, 1.0 / jnp.where(usable, gap, 1.0), 0.0)
+  h = f * (jnp.swapaxes(v, -1, -2) @ g_v)
+  g_p = s[..., :, None] * (h + jnp.swapaxes(h, -1, -2))
+  g_p = g_p + jnp.eye(s.shape[-1], dtype=s.dtype) * g_s[..., None, :]
+  return (u @ g_p @ jnp.swapaxes(v, -1, -2),)
+
+
+_singular_values_and_right_vectors.defvjp(_svd_fwd, _svd_bwd)
+
+
 def svd_right_vectors(f: jax.Array, n: int):
   """The n leading singular values and right singular vectors of a map.
 
@@ -645,14 +683,18 @@ def svd_right_vectors(f: jax.Array, n: int):
   Returns ``(s, v)``: s (B, n) L2-normalised over the n values, v (B, W, n)
   each vector L2-normalised (already unit, up to rounding; kept for the
   same gradient as torch's ``F.normalize``), non-finite entries zeroed
-  before both as in mdistiller. Fewer than n when min(H*C, W) < n.
+  before both as in mdistiller. Fewer than n when W < n.
   """
   b, h, w, c = f.shape
+  if h * c < w:
+    raise ValueError(
+      f'kdsvd: a map of shape {f.shape} (NHWC) has fewer rows H*C than '
+      'columns W; KDSVD takes square maps with at least one channel.'
+    )
   x = jnp.transpose(f, (0, 1, 3, 2)).reshape(b, h * c, w)
-  # The thin SVD, as torch.svd: V is (W, min(H*C, W)) here.
-  _, s, vt = jnp.linalg.svd(x, full_matrices=False)
-  v = jnp.swapaxes(_finite(vt), -1, -2)
-  s = _finite(s)
+  # The thin SVD, as torch.svd: V is (W, W) here.
+  s, v = _singular_values_and_right_vectors(x)
+  s, v = _finite(s), _finite(v)
   return (_l2_normalize(s[:, :n], axis=1),
           _l2_normalize(v[:, :, :n], axis=1))
 

@@ -2,14 +2,16 @@
 carries RepDistiller's per-student rate, mdistiller's DKD beta and the
 published numbers."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from mhkd_jax import distill
 from mhkd_jax.configs import cifar100
-from mhkd_jax.distill.base import DataSpec, Teacher
-from mhkd_jax.models import create_model
+from mhkd_jax.data import input_pipeline
+from mhkd_jax.distill.base import DataSpec, Teacher, TeacherOutputs, Trainable
+from mhkd_jax.models import create_model, features
 from mhkd_jax.run import errors, validation
 
 DATA = DataSpec(100, (32, 32, 3), 50000, 781, np.arange(50000) % 100)
@@ -149,3 +151,28 @@ def test_logit_standardization_runs_carry_the_ls_codes_settings():
         cifar100.get_config(f'{teacher}-{student},{method},ls'))
   with pytest.raises(errors.ConfigError, match='PAIR,METHOD,ls'):
     cifar100.get_config('vgg13-vgg8,fitnet,ls')
+
+
+@pytest.mark.parametrize('teacher, student', cifar100.PAIRS)
+@pytest.mark.slow
+def test_kdsvd_loss_traces_for_every_pair(teacher, student):
+  """mdistiller's KDSVD needs equal map sizes per stage; here pairs of
+  other sizes are pooled to the smaller, so every pair's loss has a shape
+  (traced only: jax.eval_shape)."""
+  config = cifar100.get_config(f'{teacher}-{student},kdsvd')
+  method = distill.create_method(config)
+
+  def terms(images, labels):
+    t_model = create_model(teacher, num_classes=100, rngs=nnx.Rngs(0))
+    t_logits, t_feats = features.forward_with_features(t_model, images,
+                                                       train=False)
+    trainable = Trainable(student=create_model(
+      student, num_classes=100, rngs=nnx.Rngs(1)))
+    batch = input_pipeline.Batch(images, labels, labels)
+    return method.loss(trainable, TeacherOutputs(t_logits, t_feats, None),
+                       batch, None)[1]
+
+  out = jax.eval_shape(terms, jax.ShapeDtypeStruct((2, 32, 32, 3),
+                                                   np.float32),
+                       jax.ShapeDtypeStruct((2,), np.int32))
+  assert out['kdsvd/stages'].shape == ()
