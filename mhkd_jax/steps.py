@@ -24,6 +24,7 @@ from mhkd_jax import dot, losses, train_state
 from mhkd_jax.distill import base
 from mhkd_jax.distill.base import TeacherOutputs
 from mhkd_jax.models import features
+from mhkd_jax.run import platform
 
 # XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK unless the list of
 # library fusions is given explicitly, and YNNPACK's weight-gradient
@@ -167,8 +168,10 @@ def over_students(fn: Callable, in_axes: tuple, how: str) -> Callable:
   and a ``jax.lax.map`` loop was slower still (docs/performance.md).
   'vmap' (one batched program) is there for accelerators, where wide
   kernels pay. The cost of 'unroll' is compile
-  time, which grows with the number of students.
+  time, which grows with the number of students. 'auto' is this
+  platform's default (``run.platform``: unroll on CPU, vmap elsewhere).
   """
+  how = platform.choice('students_loop', how)
   if how == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)
 

@@ -27,6 +27,7 @@ from mhkd_jax.run import (
   checkpoints,
   errors,
   paths,
+  platform,
   preemption,
   progress,
   records,
@@ -277,6 +278,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   workdir = paths.absolute(workdir)
   validation.validate(config)  # before anything is read or compiled
+  # 'auto' values become the platform's choices here, once: everything
+  # below, config.json and results.json see the resolved config.
+  config = platform.resolve(config, records.recorded_config(workdir))
   method = distill.create_method(config)
   config_changes = records.check_config(workdir, config)
   mesh = parallel.create_mesh(config.num_devices or None)
@@ -431,6 +435,7 @@ def _write_results(config, teacher, info, num_train_steps, history,
     'teacher': teacher.name if teacher is not None else None,
     'data': info.name,
     'seed': config.seed,
+    'compute_dtype': config.compute_dtype,
     'num_epochs': config.num_epochs,
     'num_train_steps': num_train_steps,
     'final': {k: v for k, v in final.items() if k.startswith('eval/')},

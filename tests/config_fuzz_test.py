@@ -53,7 +53,7 @@ POOLS = {
   'data.crop_padding': [-1, 0, 4, 40],
   'data.random_flip': [True, False],
   'data.pipeline': ['device', 'host', 'grain'],
-  'compute_dtype': ['float32', 'bfloat16', 'float16'],
+  'compute_dtype': ['auto', 'float32', 'bfloat16', 'float16'],
   'num_devices': [-1, 0, 1, 2, 9],
   'log_every_steps': [0, 1, 3],
   'eval_every_epochs': [0, 1, 5],

@@ -107,6 +107,12 @@ def config_changes(before: dict, now: dict) -> dict[str, list]:
   }
 
 
+def recorded_config(workdir: str) -> dict | None:
+  """The ``config.json`` of the run in ``workdir``, or None if none."""
+  path = paths.join(workdir, CONFIG)
+  return read_json(path) if paths.exists(path) else None
+
+
 def check_config(workdir: str, config) -> dict[str, list]:
   """Compares ``config`` with the run already in ``workdir``, if any.
 
