@@ -1,0 +1,85 @@
+"""The training loop's host side: the train metrics fetched once per log
+interval."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from mhkd_jax import parallel, train, train_state
+
+
+class _Writer:
+  """Keeps what the loop writes."""
+
+  def __init__(self):
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars[step] = dict(scalars)
+
+
+def _lr_config(num_epochs=240, fractions=(0.625, 0.75, 0.875)):
+  return ml_collections.ConfigDict(
+    {'num_epochs': num_epochs, 'lr_decay_fractions': fractions,
+     'learning_rate': 0.05, 'lr_decay_rate': 0.1}
+  )
+
+
+def _device_metrics(rng, num_steps, shape=()):
+  """Per-step metrics as the train step returns them: replicated device
+  scalars (or [N] arrays for N students), and their host values."""
+  mesh = parallel.create_mesh()
+  host = [
+    {'loss': rng.standard_normal(shape).astype(np.float32) + 3,
+     'kd/logits': rng.standard_normal(shape).astype(np.float32),
+     'acc': rng.uniform(size=shape).astype(np.float32)}
+    for _ in range(num_steps)
+  ]
+  return [parallel.replicate(m, mesh) for m in host], host
+
+
+@pytest.mark.parametrize('shape', [(), (3,)], ids=['one', 'students'])
+def test_logged_means_equal_a_direct_computation(shape):
+  rng = np.random.default_rng(0)
+  metrics, host = _device_metrics(rng, 7, shape)
+  writer = _Writer()
+  lr = train_state.create_learning_rate_fn(_lr_config(), 3)
+  logged = train.TrainMetrics(writer, lr, checkpointer=None)
+  for m in metrics:
+    logged.add(m)
+  logged.write(7)
+  for key in host[0]:
+    direct = np.mean(np.stack([m[key] for m in host]), axis=0)
+    if shape:
+      assert logged.last[key] == float(direct.astype(np.float64).mean())
+      for k in range(shape[0]):
+        assert writer.scalars[7][f'student{k}/train/{key}'] == float(
+          direct[k])
+    else:
+      assert logged.last[key] == float(direct)
+      assert writer.scalars[7][f'train/{key}'] == float(direct)
+  assert writer.scalars[7]['train/lr'] == float(np.float32(0.05))
+
+
+def test_an_interval_is_fetched_in_one_transfer(monkeypatch):
+  metrics, _ = _device_metrics(np.random.default_rng(1), 5)
+  fetched = []
+  device_get = jax.device_get
+
+  def counting(tree):
+    fetched.append(tree)
+    return device_get(tree)
+
+  monkeypatch.setattr(jax, 'device_get', counting)
+  logged = train.TrainMetrics(
+    _Writer(), train_state.create_learning_rate_fn(_lr_config(), 3),
+    checkpointer=None,
+  )
+  for m in metrics:
+    logged.add(m)
+  logged.write(5)
+  assert len(fetched) == 1
+  # One pytree of stacked [5] arrays, not 5 x 3 scalars.
+  leaves = jax.tree.leaves(fetched[0])
+  assert len(leaves) == 3 and all(x.shape == (5,) for x in leaves)
