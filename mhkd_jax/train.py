@@ -197,6 +197,7 @@ class TrainMetrics:
   """
 
   def __init__(self, writer, learning_rate, checkpointer):
+    # learning_rate: a host function of the step (no device work per log).
     self._writer, self._learning_rate = writer, learning_rate
     self._checkpointer = checkpointer
     self._pending: list[dict] = []
@@ -226,7 +227,7 @@ class TrainMetrics:
                         self._checkpointer)
     scalars = {k if '/train' in k or k.startswith('train_std/')
                else f'train/{k}': v for k, v in self.last.items()}
-    scalars['train/lr'] = float(self._learning_rate(step - 1))
+    scalars['train/lr'] = self._learning_rate(step - 1)
     self._writer.write_scalars(step, scalars)
 
 
@@ -242,7 +243,7 @@ class Reporter:
     if start_step == 0:
       self.writer.write_hparams(_flat_hparams(config))
     self.train_metrics = TrainMetrics(
-      self.writer, train_state.create_learning_rate_fn(
+      self.writer, train_state.create_host_learning_rate_fn(
         config, data.steps_per_epoch), checkpointer,
     )
     self.history = records.read_history(workdir, start_step)

@@ -1,7 +1,9 @@
 """The training loop's host side: the train metrics fetched once per log
-interval."""
+interval, the logged learning rate computed on the host, checkpoints by
+time as well as by steps."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ def test_logged_means_equal_a_direct_computation(shape):
   rng = np.random.default_rng(0)
   metrics, host = _device_metrics(rng, 7, shape)
   writer = _Writer()
-  lr = train_state.create_learning_rate_fn(_lr_config(), 3)
+  lr = train_state.create_host_learning_rate_fn(_lr_config(), 3)
   logged = train.TrainMetrics(writer, lr, checkpointer=None)
   for m in metrics:
     logged.add(m)
@@ -73,7 +75,7 @@ def test_an_interval_is_fetched_in_one_transfer(monkeypatch):
 
   monkeypatch.setattr(jax, 'device_get', counting)
   logged = train.TrainMetrics(
-    _Writer(), train_state.create_learning_rate_fn(_lr_config(), 3),
+    _Writer(), train_state.create_host_learning_rate_fn(_lr_config(), 3),
     checkpointer=None,
   )
   for m in metrics:
@@ -83,3 +85,22 @@ def test_an_interval_is_fetched_in_one_transfer(monkeypatch):
   # One pytree of stacked [5] arrays, not 5 x 3 scalars.
   leaves = jax.tree.leaves(fetched[0])
   assert len(leaves) == 3 and all(x.shape == (5,) for x in leaves)
+
+
+@pytest.mark.parametrize('num_epochs,fractions', [
+  (240, (0.625, 0.75, 0.875)),
+  (2, (0.625, 0.75, 0.875)),  # two boundaries round to the same epoch
+  (10, (0.5,)),
+  (4, ()),
+])
+def test_host_learning_rate_is_the_schedule_to_the_bit(num_epochs,
+                                                       fractions):
+  config = _lr_config(num_epochs, fractions)
+  steps_per_epoch = 3
+  schedule = train_state.create_learning_rate_fn(config, steps_per_epoch)
+  host = train_state.create_host_learning_rate_fn(config, steps_per_epoch)
+  every_step = jax.jit(jax.vmap(schedule))(
+    jnp.arange(num_epochs * steps_per_epoch + 2))
+  for step in range(num_epochs * steps_per_epoch + 2):
+    assert host(step) == float(schedule(step))
+    assert host(step) == float(every_step[step])
