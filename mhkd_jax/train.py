@@ -329,6 +329,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     num_students=config.num_students,
     share_data=config.students_share_data,
     students_loop=config.students_loop,
+    state_sharding=steps.state_shardings(state),
   )
   evaluator = Evaluator(method, graphdef, teacher_graphdef, teacher_state,
                         eval_input, options, config)
