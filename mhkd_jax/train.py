@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mhkd_jax import configs, distill, parallel, steps, students, train_state
 from mhkd_jax.data import datasets, input_pipeline
@@ -273,8 +274,55 @@ class Reporter:
     self.writer.flush()
 
 
+class CheckpointSchedule:
+  """When the loop saves: every ``every_steps`` steps, at ``last_step``,
+  and once ``every_minutes`` have passed since the last save (0: never by
+  time), so a preempted run loses at most that much work however long a
+  step takes.
+
+  Reading the clock is host work only. Processes must agree on every
+  save (it is collective), and their clocks do not: with several
+  processes the clock is read at the steps that are multiples of
+  ``agree_every`` only, and process 0's answer is broadcast to all.
+  """
+
+  def __init__(self, *, every_steps: int, every_minutes: float,
+               last_step: int, agree_every: int, clock=time.monotonic,
+               agree=None):
+    self._every_steps, self._last_step = every_steps, last_step
+    self._seconds = every_minutes * 60
+    self._agree_every = agree_every
+    self._clock = clock
+    # agree(bool) -> bool: process 0's value on every process, or None
+    # with one process (the tests pass a fake).
+    if agree is None and jax.process_count() > 1:
+      agree = _process_0_value
+    self._agree = agree
+    self._since = clock()
+
+  def due(self, step: int) -> bool:
+    if step % self._every_steps == 0 or step == self._last_step:
+      return True
+    if not self._seconds:
+      return False
+    if self._agree is None:
+      return self._clock() - self._since >= self._seconds
+    if step % self._agree_every:
+      return False
+    return bool(self._agree(self._clock() - self._since >= self._seconds))
+
+  def saved(self) -> None:
+    self._since = self._clock()
+
+
+def _process_0_value(flag: bool) -> bool:
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def _save_checkpoint(checkpointer, step, state) -> None:
-  # Never overwrite good checkpoints with a diverged state.
+  # Never overwrite good checkpoints with a diverged state. The check is
+  # read where the save itself waits for the state, so it costs no sync
+  # of its own, and steps without a save pay nothing.
   if not _all_finite(state.params):
     _raise_non_finite('The parameters are not finite', step, checkpointer)
   checkpointer.save(step, state.to_checkpoint())
@@ -376,20 +424,32 @@ def _stop_for_preemption(checkpointer, step: int, state) -> dict:
   return {'preempted': True, 'step': step}
 
 
+# The clock the checkpoint schedule reads (tests replace it).
+_clock = time.monotonic
+
+
 def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
                       checkpointer):
   """What runs after every step, in order, called with the step and the
   state: train metrics (with the non-finite check), evaluation,
-  checkpoint, progress."""
+  checkpoint (by steps and by time, ``CheckpointSchedule``), progress."""
   last = [num_train_steps]
 
   def evaluate(step, t, state):
     del t
     reporter.evaluation(step, evaluator(state))
 
-  def save(step, t, state):
-    del t
-    _save_checkpoint(checkpointer, step, state)
+  schedule = CheckpointSchedule(
+    every_steps=config.checkpoint.every_steps,
+    every_minutes=config.checkpoint.every_minutes,
+    last_step=num_train_steps, agree_every=config.log_every_steps,
+    clock=_clock,
+  )
+
+  def save(step, state):
+    if schedule.due(step):
+      _save_checkpoint(checkpointer, step, state)
+      schedule.saved()
 
   def log_train(step, t, state):
     del t, state
@@ -401,8 +461,7 @@ def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
              callback_fn=log_train),
     callback(every_steps=data.steps_per_epoch * config.eval_every_epochs,
              on_steps=last, callback_fn=evaluate),
-    callback(every_steps=config.checkpoint.every_steps, on_steps=last,
-             callback_fn=save),
+    save,
     lambda step, state: reporter.after_step(step),
   ]
 

@@ -58,6 +58,7 @@ POOLS = {
   'log_every_steps': [0, 1, 3],
   'eval_every_epochs': [0, 1, 5],
   'checkpoint.every_steps': [0, 1, 2],
+  'checkpoint.every_minutes': [-1.0, 0.0, 10.0],
   'checkpoint.max_to_keep': [0, 1, 3],
   'kd.temperature': [-1.0, 0.0, 1e-8, 4.0],
   'kd.w_kd': [-0.5, 0.0, 0.9],

@@ -2,6 +2,8 @@
 interval, the logged learning rate computed on the host, checkpoints by
 time as well as by steps."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from mhkd_jax import parallel, train, train_state
+from mhkd_jax.configs import test as test_config
 
 
 class _Writer:
@@ -104,3 +107,77 @@ def test_host_learning_rate_is_the_schedule_to_the_bit(num_epochs,
   for step in range(num_epochs * steps_per_epoch + 2):
     assert host(step) == float(schedule(step))
     assert host(step) == float(every_step[step])
+
+
+class _FakeClock:
+  """Seconds that advance by ``tick`` at every reading."""
+
+  def __init__(self, tick):
+    self.now, self.tick, self.readings = 0.0, tick, 0
+
+  def __call__(self):
+    self.readings += 1
+    self.now += self.tick
+    return self.now
+
+
+def _schedule(clock, every_minutes=1.0, agree=None, agree_every=5):
+  return train.CheckpointSchedule(
+    every_steps=100, every_minutes=every_minutes, last_step=50,
+    agree_every=agree_every, clock=clock, agree=agree,
+  )
+
+
+def _saved_steps(schedule, steps):
+  saved = []
+  for step in steps:
+    if schedule.due(step):
+      saved.append(step)
+      schedule.saved()
+  return saved
+
+
+def test_checkpoints_by_time_as_well_as_by_steps():
+  # 25 s per clock reading, a save every minute: every third step (the
+  # reading after a save restarts the count), and the last step.
+  clock = _FakeClock(25.0)
+  assert _saved_steps(_schedule(clock), range(1, 11)) == [3, 6, 9]
+  clock = _FakeClock(25.0)
+  assert _saved_steps(_schedule(clock), range(95, 101)) == [97, 100]
+  assert _saved_steps(_schedule(_FakeClock(1.0)), [49, 50]) == [50]
+
+
+def test_every_minutes_zero_saves_by_steps_and_never_reads_the_clock():
+  clock = _FakeClock(1e6)
+  schedule = _schedule(clock, every_minutes=0)
+  readings = clock.readings  # the one at construction
+  assert _saved_steps(schedule, range(1, 201)) == [50, 100, 200]
+  assert clock.readings == readings + 3  # one per save, none per step
+
+
+def test_several_processes_agree_at_log_steps_on_process_0s_clock():
+  asked = []
+
+  def agree(flag):  # process 0 says no the first time, then yes
+    asked.append(flag)
+    return len(asked) > 1
+
+  clock = _FakeClock(100.0)
+  saved = _saved_steps(_schedule(clock, agree=agree, agree_every=5),
+                       range(1, 16))
+  # Asked only at multiples of agree_every; saved when process 0 agrees.
+  assert asked == [True, True, True]
+  assert saved == [10, 15]
+
+
+def test_a_run_saves_by_the_clock(mock_cifar100, tmp_path, monkeypatch):
+  del mock_cifar100
+  config = test_config.get_config()
+  config.method = 'ce'
+  config.checkpoint.every_steps = 1000  # 8 steps: by time only (and last)
+  config.checkpoint.every_minutes = 1.0
+  config.checkpoint.max_to_keep = 10
+  monkeypatch.setattr(train, '_clock', _FakeClock(25.0))
+  train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints'), key=int) == [
+    '3', '6', '8']

@@ -142,6 +142,7 @@ def _check_trainer(checker: Checker) -> None:
   for key in ('log_every_steps', 'eval_every_epochs',
               'checkpoint.every_steps', 'checkpoint.max_to_keep'):
     c.number(key, minimum=1, integer=True)
+  c.number('checkpoint.every_minutes', minimum=0)  # 0: by steps only
 
 
 def _check_optimizer(checker: Checker, method) -> None:
