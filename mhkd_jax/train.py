@@ -321,8 +321,10 @@ def _process_0_value(flag: bool) -> bool:
 
 def _save_checkpoint(checkpointer, step, state) -> None:
   # Never overwrite good checkpoints with a diverged state. The check is
-  # read where the save itself waits for the state, so it costs no sync
-  # of its own, and steps without a save pay nothing.
+  # read right before the save, which waits for this same state anyway:
+  # it adds a scalar's transfer, not a wait of its own, and steps without
+  # a save pay nothing. (Reading it after the save started would let
+  # orbax drop the oldest good checkpoint for a diverged one.)
   if not _all_finite(state.params):
     _raise_non_finite('The parameters are not finite', step, checkpointer)
   checkpointer.save(step, state.to_checkpoint())
