@@ -4,6 +4,7 @@
 (orbax: training checkpoints and teachers), ``preemption`` (SIGTERM agreed
 across processes), ``progress`` (the progress line), ``paths`` (local or
 ``gs://``), ``cli`` (command-line errors and logs), ``errors`` (the errors
-whose message is the fix) and ``validation`` (every impossible config
-value, before a run starts).
+whose message is the fix), ``validation`` (every impossible config
+value, before a run starts) and ``platform`` (what 'auto' defaults stand
+for on the devices present).
 """
