@@ -123,15 +123,25 @@ def test_cutout_matches_pil_rectangle():
 def test_rand_augment_applies_the_drawn_ops_in_order():
   image = jnp.asarray(_images(1)[0])
   ops = {name: k for k, name in enumerate(OPS)}
-  params = {
-    'ops': jnp.asarray([ops['solarize'], ops['rotate']]),
-    'values': jnp.asarray([0.5, 0.75], jnp.float32),  # 128, then 15 deg
-    'cutout': jnp.asarray([0.0, 0.5, 0.5], jnp.float32),  # no cutout
+  params = {  # Example 0: solarize at 128, then rotate by 15 degrees;
+    # example 1: equalize, then identity, then a 10-pixel cutout.
+    'ops': jnp.asarray([[ops['solarize'], ops['rotate']],
+                        [ops['equalize'], ops['identity']]]),
+    'values': jnp.asarray([[0.5, 0.75], [0.2, 0.9]], jnp.float32),
+    'cutout': jnp.asarray([[0.0, 0.5, 0.5], [0.625, 0.5, 0.25]],
+                          jnp.float32),
   }
-  got = jax.jit(augment.rand_augment_one)(image, params)
+  got = jax.jit(augment.rand_augment)(jnp.stack([image, image]), params)
   want = augment.rotate(augment.solarize(image, jnp.float32(128.0)),
                         jnp.float32(15.0))
-  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got[0], want)
+  # The cutout's corner: int(max(0, u' - 5)) with u' = 32 - 31 u.
+  want = augment.cutout(augment.equalize(image, jnp.float32(0.0)),
+                        jnp.float32(10.0), jnp.float32(16.5),
+                        jnp.float32(24.25))
+  np.testing.assert_array_equal(got[1], want)
+  assert np.any(np.asarray(got[1]) != np.asarray(augment.equalize(
+    image, jnp.float32(0.0))))
 
 
 @pytest.mark.parametrize('channels', [3, 1])
