@@ -5,8 +5,8 @@ As ``method_parity_test.py``: a resnet14 teacher and a resnet8 student (10
 classes) with the same weights on both sides, the same normalised batches
 (no augmentation; MLKD's strong view is made once, by
 ``augment.strong_augment``, and given to both sides, so only the step is
-compared, not the augmentation's randomness), three SGD steps (momentum 0.9, coupled weight decay
-5e-4). The PyTorch side is the authors' loss (our port in
+compared, not the augmentation's randomness), three SGD steps (momentum
+0.9, coupled weight decay 5e-4). The PyTorch side is the authors' loss (our port in
 ``tests/torch_reference``) with the authors' weights. Every loss term must
 agree within 1e-4 (relative above 1), the student's parameters (and
 CTKD's temperature) after three steps within 1e-4 relative.
