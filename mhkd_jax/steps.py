@@ -134,22 +134,27 @@ def create_train_step(
   else:
     update = _student_update(method, graphdef, tx, data)
 
-  def teacher_outputs(teacher_state, images):
+  def teacher_outputs(teacher_state, batch):
     if teacher_graphdef is None:
       return None
-    return teacher_forward(
-      nnx.merge(teacher_graphdef, teacher_state), images,
-      batch_statistics=method.teacher_batch_statistics,
-    )
+    teacher = nnx.merge(teacher_graphdef, teacher_state)
+    out = teacher_forward(teacher, batch.images,
+                          batch_statistics=method.teacher_batch_statistics)
+    if method.needs_strong_view:
+      out.strong = teacher_forward(
+        teacher, base.strong_images(method.name, batch),
+        batch_statistics=method.teacher_batch_statistics,
+      )
+    return out
 
   def train_step(state, batch, teacher_state):
-    return update(state, batch, teacher_outputs(teacher_state, batch.images))
+    return update(state, batch, teacher_outputs(teacher_state, batch))
 
   if num_students > 1 and share_data:
     students_update = over_students(update, (0, None, None), students_loop)
 
     def train_step(state, batch, teacher_state):  # noqa: F811
-      teacher_out = teacher_outputs(teacher_state, batch.images)
+      teacher_out = teacher_outputs(teacher_state, batch)
       return students_update(state, batch, teacher_out)
 
   elif num_students > 1:

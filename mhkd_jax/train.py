@@ -350,7 +350,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.create_mesh(config.num_devices or None)
   teacher = _load_teacher(config, method,
                           datasets.dataset_info(config.data.name))
-  train_input, eval_input, info = input_pipeline.create_inputs(config, mesh)
+  train_input, eval_input, info = input_pipeline.create_inputs(
+    config, mesh, strong_view=method.needs_strong_view
+  )
   data = base.DataSpec(info.num_classes, train_input.example_shape,
                        train_input.num_examples, train_input.steps_per_epoch,
                        train_input.labels_by_index)

@@ -27,6 +27,13 @@ def test_every_method_validates(module):
       assert config.teacher.model and config.teacher.init
 
 
+def test_imagenet_has_no_run_of_a_two_view_method():
+  assert 'mlkd' in imagenet.STRONG_VIEW_METHODS
+  assert 'mlkd' not in imagenet.METHODS
+  with pytest.raises(errors.ConfigError, match='configs/cifar100.py'):
+    imagenet.get_config('mlkd')
+
+
 def test_imagenet_recipe():
   config = imagenet.get_config('kd')
   assert (config.model, config.teacher.model) == (

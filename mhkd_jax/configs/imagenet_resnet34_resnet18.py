@@ -5,8 +5,9 @@
       --workdir=runs/imagenet/imagenet_resnet34-imagenet_resnet18/METHOD
 
 METHOD is any method (``ce``, ``kd``, ``fitnet``, ``at``, ... ``crd``,
-``dkd``, ``fit_teacher_heads``, ``mhkd``) or ``teacher`` (trains ResNet34
-itself); workdirs follow ``configs/distillation.py`` under
+``dkd``, ``fit_teacher_heads``, ``mhkd``) but MLKD (its strong view needs
+the device or host input; ImageNet streams) or ``teacher`` (trains
+ResNet34 itself); workdirs follow ``configs/distillation.py`` under
 ``runs/imagenet``. The recipe is torchvision's and the CRD ImageNet run's:
 batch 256, 100 epochs, SGD 0.1 momentum 0.9, weight decay 1e-4, x0.1 after
 epochs 30, 60, 90; random-resized crop 224 (scale 0.08-1, ratio 3/4-4/3) +
@@ -43,13 +44,21 @@ MHKD reads its teacher heads from runs/imagenet/imagenet_resnet34_heads, the
 process (docs/datasets.md, "The streaming input").
 """
 
+from mhkd_jax import distill
 from mhkd_jax.configs import distillation
 from mhkd_jax.run import errors
 from mhkd_jax.tools import published
 
 DATA = 'imagenet2012'
 RUNS_ROOT = 'runs/imagenet'
-METHODS = distillation.runs()
+# Methods that train on a second, strongly augmented view (MLKD): the
+# streaming input makes one view, so they have no ImageNet run here.
+STRONG_VIEW_METHODS = tuple(
+  m for m in distillation.methods()
+  if distill.get_method(m).needs_strong_view
+)
+METHODS = tuple(r for r in distillation.runs()
+                if r not in STRONG_VIEW_METHODS)
 TEACHER, STUDENT = 'imagenet_resnet34', 'imagenet_resnet18'
 
 
@@ -91,6 +100,13 @@ def _parse(run: str) -> tuple[str, int | None]:
 
 def get_config(run: str = 'kd'):
   run, batch = _parse(run)
+  if distillation.split_run(run)[0] in STRONG_VIEW_METHODS:
+    raise errors.ConfigError(
+      f'No ImageNet run {run!r}: it trains on a weak and a strong view of '
+      'every image, which only the device and host inputs make, and '
+      'ImageNet streams (data.pipeline=\'stream\'). Its CIFAR-100 runs '
+      'are configs/cifar100.py:PAIR,' + run + '.'
+    )
   config = distillation.distillation_config(
     data=DATA, teacher=TEACHER, student=STUDENT,
     run=run, runs_root=RUNS_ROOT,

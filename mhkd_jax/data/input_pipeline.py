@@ -38,9 +38,17 @@ from jax.sharding import Mesh
 
 from mhkd_jax import parallel
 from mhkd_jax.data import augment, datasets
+from mhkd_jax.distill import base
 from mhkd_jax.run import errors
 
 PIPELINES = ('device', 'host', 'stream')
+# The pipelines that can give a batch MLKD's strong view (``Batch.extras``
+# under STRONG_IMAGES); the streaming one cannot.
+STRONG_VIEW_PIPELINES = ('device', 'host')
+STRONG_IMAGES = base.STRONG_IMAGES
+# The strong view's key is the batch's augmentation key folded with this:
+# the weak view's draws stay exactly those of a one-view run.
+_STRONG_VIEW_STREAM = 1
 
 
 @dataclasses.dataclass
@@ -102,14 +110,31 @@ class Preprocessing:
   std: tuple[float, ...]
   crop_padding: int
   random_flip: bool
+  # Also make MLKD's strong view (``augment.strong_augment``) of each
+  # training batch, in ``Batch.extras[STRONG_IMAGES]``.
+  strong_view: bool = False
 
   @classmethod
-  def from_config(cls, data_config, info: datasets.DatasetInfo):
+  def from_config(cls, data_config, info: datasets.DatasetInfo,
+                  strong_view: bool = False):
     flip = data_config.random_flip
     return cls(
       mean=info.mean, std=info.std, crop_padding=data_config.crop_padding,
       random_flip=info.random_flip if flip is None else flip,
+      strong_view=strong_view,
     )
+
+  def train_batch(self, rng, images, labels, indices) -> Batch:
+    """The training batch of these uint8 images: the weak view (crop,
+    flip, normalise) and, if asked for, the strong view in its extras."""
+    extras = {}
+    if self.strong_view:
+      strong = augment.strong_augment(
+        jax.random.fold_in(rng, _STRONG_VIEW_STREAM), images,
+        padding=self.crop_padding, flip=self.random_flip,
+      )
+      extras[STRONG_IMAGES] = self.eval(strong)
+    return Batch(self.train(rng, images), labels, indices, extras=extras)
 
   def train(self, rng: jax.Array, images: jax.Array) -> jax.Array:
     """Random crop and flip (torchvision's recipe), then normalisation."""
@@ -215,9 +240,8 @@ class DeviceResidentInput(_StepKeyed):
     idx = jax.lax.with_sharding_constraint(
       idx, parallel.data_sharded(self.mesh)
     )
-    return Batch(
-      self.preprocessing.train(rng, images[idx]), labels[idx], idx
-    )
+    return self.preprocessing.train_batch(rng, images[idx], labels[idx],
+                                          idx)
 
   def batches(self, start_step, rng):
     # The step lives on the device from here on: one transfer per run.
@@ -241,10 +265,8 @@ class HostFedInput(_StepKeyed):
 
   def _augment_batch(self, augment_key, step, images, labels,
                      indices) -> Batch:
-    return Batch(
-      self.preprocessing.train(batch_key(augment_key, step), images),
-      labels, indices,
-    )
+    return self.preprocessing.train_batch(batch_key(augment_key, step),
+                                          images, labels, indices)
 
   def batches(self, start_step, rng):
     host_order, order_seen = None, None
@@ -333,7 +355,7 @@ _EVAL_INPUTS = {'device': DeviceResidentEvalInput, 'host': HostFedEvalInput}
 
 
 def create_inputs(
-  config, mesh: Mesh
+  config, mesh: Mesh, *, strong_view: bool = False,
 ) -> tuple[TrainInput, EvalInput, datasets.DatasetInfo]:
   """The train and eval inputs that ``config.data`` describes.
 
@@ -341,14 +363,26 @@ def create_inputs(
   split resident on the devices), 'host' (host-fed, per process) or
   'stream' (``streaming.py``: read, decoded and augmented per process
   from an array_record source, for data sets that fit nowhere whole).
+  ``strong_view``: training batches also carry MLKD's strong view
+  (``Method.needs_strong_view``; the device and host pipelines only).
   """
   pipeline = config.data.pipeline  # a valid one (run.validation)
+  if strong_view and pipeline not in STRONG_VIEW_PIPELINES:
+    raise errors.ConfigError(
+      f'config.method={config.method!r} trains on a weak and a strong '
+      f'view of every image, which only data.pipeline='
+      f'{" or ".join(map(repr, STRONG_VIEW_PIPELINES))} make (the strong '
+      f'view is augmented on the device); data.pipeline={pipeline!r} '
+      'gives one view. Use --config.data.pipeline=device for a data set '
+      'that fits in memory.'
+    )
   if pipeline == 'stream':
     from mhkd_jax.data import streaming  # noqa: PLC0415 (imports grain)
 
     return streaming.create_inputs(config, mesh)
   train_split, eval_split, info = datasets.load_datasets(config.data)
-  preprocessing = Preprocessing.from_config(config.data, info)
+  preprocessing = Preprocessing.from_config(config.data, info,
+                                           strong_view=strong_view)
   train_input = _TRAIN_INPUTS[pipeline](
     train_split, preprocessing, batch_size=config.batch_size, mesh=mesh
   )
