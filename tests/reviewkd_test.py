@@ -35,7 +35,7 @@ from mhkd_jax.configs import test as test_config  # noqa: E402
 from mhkd_jax.data import augment, input_pipeline  # noqa: E402
 from mhkd_jax.distill import reviewkd  # noqa: E402
 from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: E402
-from mhkd_jax.models import create_model  # noqa: E402
+from mhkd_jax.models import create_model, features  # noqa: E402
 from mhkd_jax.run import errors, validation  # noqa: E402
 
 CIFAR = DataSpec(100, (32, 32, 3), 50000, 781)
@@ -92,13 +92,13 @@ def _settings(trainable, data):
   abfs = trainable.abfs
   ins = [abf.conv1[0].kernel.shape[2] for abf in abfs]
   outs = [abf.conv2[0].kernel.shape[3] for abf in abfs]
-  student = nnx.eval_shape(lambda: trainable.student)
-  shapes = reviewkd.features.feature_shapes(student, data.input_shape)
+  shapes = features.feature_shapes(trainable.student, data.input_shape)
   sizes = [shapes[s][1] if s != 'pooled' else 1
            for s, _ in trainable.pairs]
   return ins, outs, sizes[::-1], [h for h, _ in trainable.out_sizes][::-1]
 
 
+@pytest.mark.slow  # ~30 s here: out of `make test-fast`
 def test_settings_equal_the_authors_tables_for_every_pair():
   assert set(AUTHORS) == set(cifar100.PAIRS)
   for (teacher, student), want in AUTHORS.items():
@@ -232,6 +232,7 @@ def test_resize_nearest_equals_torch(size, out_size):
   np.testing.assert_array_equal(np.asarray(got), _nhwc(want))
 
 
+@pytest.mark.slow  # ~30 s here: out of `make test-fast`
 def test_review_and_loss_equal_pytorch_on_resized_levels():
   """Student maps of half the teacher's size: every fused map is
   upsampled before conv2, every residual resized (ShuffleV1-like)."""
@@ -257,13 +258,12 @@ def test_review_and_loss_equal_pytorch_on_resized_levels():
   s_feats = dict(zip(names, [*s_maps, s_pooled]))
   t_feats = dict(zip(('preact1', 'preact2', 'preact3', 'pooled'),
                      [*t_maps, t_pooled]))
-  trainable = distill.base.Trainable(
-    abfs=j_abfs, pairs=tuple(zip(names, t_feats)),
-    out_sizes=((16, 16), (8, 8), (4, 4), (1, 1)))
+  pairs = tuple(zip(names, t_feats))
+  out_sizes = ((16, 16), (8, 8), (4, 4), (1, 1))
 
   def loss_fn(abfs):
-    part = distill.base.Trainable(abfs=abfs, pairs=trainable.pairs,
-                                  out_sizes=trainable.out_sizes)
+    part = distill.base.Trainable(abfs=abfs, pairs=pairs,
+                                  out_sizes=out_sizes)
     results = method.review(part, s_feats)
     targets = [reviewkd._as_map(t) for t in t_feats.values()]  # noqa: SLF001
     return losses.hcl_loss(results, targets), results
