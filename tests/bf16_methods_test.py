@@ -90,6 +90,7 @@ CASES = {
   'ctkd': ('ctkd', {}, None),
   'dist': ('dist', {}, None),
   'ofd': ('ofd', {}, None),
+  'reviewkd': ('reviewkd', {}, None),
   # Logit standardization and DOT are switches on any method.
   'kd_ls': ('kd', {'kd.logit_standardize': True}, None),
   'dkd_ls': ('dkd', {'dkd.logit_standardize': True}, None),

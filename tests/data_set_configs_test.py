@@ -88,7 +88,7 @@ def _trainable(module, method, shape, classes):
 
 # The methods whose trainable modules depend on feature-map shapes (the
 # others add nothing to the student, or only vectors of pooled features).
-SHAPE_DEPENDENT = ('fitnet', 'vid', 'ft', 'fsp', 'mhkd', 'crd')
+SHAPE_DEPENDENT = ('fitnet', 'vid', 'ft', 'fsp', 'mhkd', 'crd', 'reviewkd')
 
 
 @pytest.mark.parametrize('method', SHAPE_DEPENDENT)
@@ -97,6 +97,6 @@ def test_shape_dependent_methods_build_at_224(method):
   assert trainable.get('student') is not None
 
 
-@pytest.mark.parametrize('method', ['fitnet', 'mhkd'])
+@pytest.mark.parametrize('method', ['fitnet', 'mhkd', 'reviewkd'])
 def test_feature_map_methods_build_at_64(method):
   _trainable(tiny, method, (64, 64, 3), 200)

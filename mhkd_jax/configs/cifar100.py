@@ -17,7 +17,8 @@ resnet32x4-ShuffleV2). ``configs/cifar100.py:TEACHER`` trains a teacher.
 RepDistiller's recipe throughout: 240 epochs, batch 64, SGD 0.05 (0.01
 for MobileNetV2, ShuffleV1 and ShuffleV2 students), momentum 0.9, weight
 decay 5e-4, x0.1 after epochs 150, 180, 210; each method's weights are
-its defaults (RepDistiller's scripts; DKD: mdistiller's, beta per pair).
+its defaults (RepDistiller's scripts; DKD: mdistiller's, beta per pair;
+ReviewKD: mdistiller's, its weight per pair, ``REVIEWKD_WEIGHT``).
 MLKD runs its authors' recipe instead (``MLKD_RECIPES``: 240 to 960
 epochs, SGD 0.025 or 0.01; ``PAIR,mlkd,ls`` the LS code's).
 docs/benchmark.md has the recipe and the published numbers with their
@@ -69,6 +70,17 @@ DKD_BETA = {
   ('resnet56', 'resnet20'): 2.0, ('resnet110', 'resnet32'): 2.0,
   ('vgg13', 'vgg8'): 6.0, ('vgg13', 'MobileNetV2'): 6.0,
   ('wrn_40_2', 'wrn_16_2'): 6.0, ('wrn_40_2', 'wrn_40_1'): 6.0,
+}
+# ReviewKD's weight: 5 in mdistiller's configs/cifar100/reviewkd.yaml
+# (resnet32x4 -> resnet8x4, its only CIFAR-100 config); the other pairs
+# from the ReviewKD authors' CIFAR-100/script/reviewKD.sh
+# (--kd-loss-weight); 5 for the pairs neither reports.
+REVIEWKD_WEIGHT_DEFAULT = 5.0
+REVIEWKD_WEIGHT = {
+  ('resnet32x4', 'resnet8x4'): 5.0, ('wrn_40_2', 'wrn_16_2'): 5.0,
+  ('wrn_40_2', 'wrn_40_1'): 5.0, ('wrn_40_2', 'ShuffleV1'): 5.0,
+  ('resnet32x4', 'ShuffleV1'): 5.0, ('resnet32x4', 'ShuffleV2'): 8.0,
+  ('resnet56', 'resnet20'): 0.6, ('resnet110', 'resnet32'): 1.0,
 }
 
 
@@ -260,6 +272,8 @@ def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
   if student in LOW_LR_STUDENTS:
     config.learning_rate = 0.01
   config.dkd.beta = DKD_BETA.get((teacher, student), 8.0)
+  config.reviewkd.reviewkd_weight = REVIEWKD_WEIGHT.get(
+    (teacher, student), REVIEWKD_WEIGHT_DEFAULT)
   if distillation.split_run(method)[0] == 'mlkd':
     _mlkd_recipe(config, (teacher, student), ls)
   if ls:
