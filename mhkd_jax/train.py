@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from mhkd_jax import configs, distill, parallel, steps, students, train_state
@@ -26,7 +25,9 @@ from mhkd_jax.models import fold
 from mhkd_jax.run import (
   checkpoints,
   errors,
+  metric_writers,
   paths,
+  periodic_actions,
   preemption,
   progress,
   records,
@@ -255,7 +256,7 @@ class Reporter:
 
   def close(self) -> None:
     self.progress.close()
-    self.writer.flush()
+    self.writer.close()
 
 
 def _save_checkpoint(checkpointer, step, state) -> None:
