@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -27,8 +26,10 @@ from mhkd_jax.models import fold
 from mhkd_jax.run import (
   checkpoints,
   errors,
+  metric_writers,
   paths,
   platform,
+  periodic_actions,
   preemption,
   progress,
   records,
@@ -271,7 +272,7 @@ class Reporter:
 
   def close(self) -> None:
     self.progress.close()
-    self.writer.flush()
+    self.writer.close()
 
 
 class CheckpointSchedule:
