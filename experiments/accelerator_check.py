@@ -41,11 +41,11 @@ Parts, in the order they run:
 few steps, two of the parity cases, jax's cheap compiles); tests/accelerator_check_test.py runs it
 so that this script cannot rot. Its figures mean nothing.
 
-The check imports jax, flax, optax, orbax, numpy, torch (optional) and
-the project. What it imports beyond those is recorded at the end of the
-environment part: TensorFlow, TFDS, clu and grain should not be among
-them (a part that cannot import without them is skipped, naming the
-module).
+The check imports jax, flax, optax, orbax, numpy, tensorboard, torch
+(optional) and the project. What it imports beyond those is recorded at
+the end of the environment part: TensorFlow, TFDS, clu and grain should
+not be among them, and every part runs without them (a part that could
+not import would be skipped, naming the module).
 """
 
 from __future__ import annotations
@@ -446,8 +446,9 @@ def part_real_loop(rec, size, deadline, bench_records, cleanup):
     from mhkd_jax.models import create_model, heads
     from mhkd_jax.run import checkpoints
 
-    # The loop and its imports; without TensorFlow/clu this raises the
-    # ImportError the guard records.
+    # The loop: on synthetic data it needs no TensorFlow, TFDS, clu or
+    # grain (tests/imports_test.py); a part that still needed one would be
+    # skipped by the guard, naming it.
     from mhkd_jax import train
 
     # Its checkpoints are not results: a temporary directory, removed.

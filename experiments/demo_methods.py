@@ -27,7 +27,7 @@ import sys
 
 METHODS = ('ce', 'kd', 'fitnet', 'at', 'sp', 'cc', 'vid', 'rkd', 'pkt',
            'ab', 'ft', 'fsp', 'nst', 'crd', 'crd_kd', 'dkd', 'mhkd',
-           'dist', 'ctkd', 'ofd', 'kdsvd')
+           'dist', 'ctkd', 'ofd', 'mlkd', 'reviewkd', 'kdsvd')
 
 
 def _parse_args(argv):

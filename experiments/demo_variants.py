@@ -54,6 +54,8 @@ def variant_config(variant: str, method: str, seed: int, workdir: str):
   # The demo's own config, teachers read from this study's workdir.
   config = demo.demo_configs(workdir)[method]
   config.seed = seed
+  # Named in every variant: the default ('auto') is bf16 on accelerators.
+  config.compute_dtype = 'float32'
   if variant == 'bfloat16':
     config.compute_dtype = 'bfloat16'
   elif variant == 'dih':

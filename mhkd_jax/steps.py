@@ -18,12 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mhkd_jax import dot, losses, train_state
 from mhkd_jax.distill import base
 from mhkd_jax.distill.base import TeacherOutputs
 from mhkd_jax.models import features
+from mhkd_jax.run import platform
 
 # XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK unless the list of
 # library fusions is given explicitly, and YNNPACK's weight-gradient
@@ -108,13 +110,18 @@ def create_train_step(
   num_students: int = 1,
   share_data: bool = True,
   students_loop: str = 'unroll',
+  state_sharding=None,
 ) -> Callable:
   """Returns the jitted ``train_step(state, batch, teacher_state)``.
 
   It returns ``(state, metrics)``: the state after one optimizer step and
   ``{'loss': total, **terms, 'acc': train accuracy}``. The incoming state
   is donated. ``compiler_options``: ``compiler_options(mesh)``, or None
-  for XLA's defaults.
+  for XLA's defaults. ``state_sharding``: the state's shardings (a pytree
+  like the state, ``state_shardings(state)``); the new state is then
+  given exactly these and the metrics are replicated, so XLA cannot pick
+  another layout for an output and the next step never reshards its
+  input. None leaves the outputs' shardings to XLA.
 
   With ``num_students`` > 1 the state and the metrics carry a leading
   students axis (``mhkd_jax.students``) and the one-student update is
@@ -127,29 +134,45 @@ def create_train_step(
   else:
     update = _student_update(method, graphdef, tx, data)
 
-  def teacher_outputs(teacher_state, images):
+  def teacher_outputs(teacher_state, batch):
     if teacher_graphdef is None:
       return None
-    return teacher_forward(
-      nnx.merge(teacher_graphdef, teacher_state), images,
-      batch_statistics=method.teacher_batch_statistics,
-    )
+    teacher = nnx.merge(teacher_graphdef, teacher_state)
+    out = teacher_forward(teacher, batch.images,
+                          batch_statistics=method.teacher_batch_statistics)
+    if method.needs_strong_view:
+      out.strong = teacher_forward(
+        teacher, base.strong_images(method.name, batch),
+        batch_statistics=method.teacher_batch_statistics,
+      )
+    return out
 
   def train_step(state, batch, teacher_state):
-    return update(state, batch, teacher_outputs(teacher_state, batch.images))
+    return update(state, batch, teacher_outputs(teacher_state, batch))
 
   if num_students > 1 and share_data:
     students_update = over_students(update, (0, None, None), students_loop)
 
     def train_step(state, batch, teacher_state):  # noqa: F811
-      teacher_out = teacher_outputs(teacher_state, batch.images)
+      teacher_out = teacher_outputs(teacher_state, batch)
       return students_update(state, batch, teacher_out)
 
   elif num_students > 1:
     train_step = over_students(train_step, (0, 0, None), students_loop)
+  out_shardings = None
+  if state_sharding is not None:
+    mesh = jax.tree.leaves(state_sharding)[0].mesh
+    out_shardings = (state_sharding, NamedSharding(mesh, P()))
   return jax.jit(
-    train_step, donate_argnums=0, compiler_options=compiler_options
+    train_step, donate_argnums=0, compiler_options=compiler_options,
+    out_shardings=out_shardings,
   )
+
+
+def state_shardings(state):
+  """The sharding of every array of ``state`` (``create_train_step``'s
+  ``state_sharding``)."""
+  return jax.tree.map(lambda x: x.sharding, state)
 
 
 STUDENTS_LOOPS = ('unroll', 'vmap')
@@ -167,8 +190,10 @@ def over_students(fn: Callable, in_axes: tuple, how: str) -> Callable:
   and a ``jax.lax.map`` loop was slower still (docs/performance.md).
   'vmap' (one batched program) is there for accelerators, where wide
   kernels pay. The cost of 'unroll' is compile
-  time, which grows with the number of students.
+  time, which grows with the number of students. 'auto' is this
+  platform's default (``run.platform``: unroll on CPU, vmap elsewhere).
   """
+  how = platform.choice('students_loop', how)
   if how == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)
 

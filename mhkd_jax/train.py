@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mhkd_jax import configs, distill, parallel, steps, students, train_state
 from mhkd_jax.data import datasets, input_pipeline
@@ -26,7 +26,10 @@ from mhkd_jax.models import fold
 from mhkd_jax.run import (
   checkpoints,
   errors,
+  metric_writers,
   paths,
+  platform,
+  periodic_actions,
   preemption,
   progress,
   records,
@@ -179,10 +182,24 @@ def _frozen_teacher_logits(teacher_graphdef, teacher_state, eval_input,
   return [teacher_eval_step(teacher_state, b) for b in eval_input.batches()]
 
 
+@jax.jit
+def _stack_metrics(metrics: list[dict]) -> dict:
+  """An interval's per-step metrics as one pytree of [steps, ...] arrays,
+  stacked on the device (compiled once per interval length)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+
 class TrainMetrics:
-  """Averages the per-step train metrics over each logging interval."""
+  """Averages the per-step train metrics over each logging interval.
+
+  The step's metrics stay on the device until the interval ends; then
+  they are stacked there and fetched in one transfer (not a scalar per
+  metric per step), and averaged on the host as numpy always did, so the
+  logged values are unchanged.
+  """
 
   def __init__(self, writer, learning_rate, checkpointer):
+    # learning_rate: a host function of the step (no device work per log).
     self._writer, self._learning_rate = writer, learning_rate
     self._checkpointer = checkpointer
     self._pending: list[dict] = []
@@ -193,9 +210,9 @@ class TrainMetrics:
 
   def write(self, step: int, t: float | None = None) -> None:
     del t
-    pending = jax.device_get(self._pending)
+    stacked = jax.device_get(_stack_metrics(self._pending))
     self._pending = []
-    mean = {k: np.mean([m[k] for m in pending], axis=0) for k in pending[0]}
+    mean = {k: np.mean(v, axis=0) for k, v in stacked.items()}
     if np.ndim(mean['loss']):  # several students: a leading students axis
       self.last = students.summarise(
         {f'train/{k}': v for k, v in mean.items()}, 'train'
@@ -212,7 +229,7 @@ class TrainMetrics:
                         self._checkpointer)
     scalars = {k if '/train' in k or k.startswith('train_std/')
                else f'train/{k}': v for k, v in self.last.items()}
-    scalars['train/lr'] = float(self._learning_rate(step - 1))
+    scalars['train/lr'] = self._learning_rate(step - 1)
     self._writer.write_scalars(step, scalars)
 
 
@@ -228,7 +245,7 @@ class Reporter:
     if start_step == 0:
       self.writer.write_hparams(_flat_hparams(config))
     self.train_metrics = TrainMetrics(
-      self.writer, train_state.create_learning_rate_fn(
+      self.writer, train_state.create_host_learning_rate_fn(
         config, data.steps_per_epoch), checkpointer,
     )
     self.history = records.read_history(workdir, start_step)
@@ -255,11 +272,60 @@ class Reporter:
 
   def close(self) -> None:
     self.progress.close()
-    self.writer.flush()
+    self.writer.close()
+
+
+class CheckpointSchedule:
+  """When the loop saves: every ``every_steps`` steps, at ``last_step``,
+  and once ``every_minutes`` have passed since the last save (0: never by
+  time), so a preempted run loses at most that much work however long a
+  step takes.
+
+  Reading the clock is host work only. Processes must agree on every
+  save (it is collective), and their clocks do not: with several
+  processes the clock is read at the steps that are multiples of
+  ``agree_every`` only, and process 0's answer is broadcast to all.
+  """
+
+  def __init__(self, *, every_steps: int, every_minutes: float,
+               last_step: int, agree_every: int, clock=time.monotonic,
+               agree=None):
+    self._every_steps, self._last_step = every_steps, last_step
+    self._seconds = every_minutes * 60
+    self._agree_every = agree_every
+    self._clock = clock
+    # agree(bool) -> bool: process 0's value on every process, or None
+    # with one process (the tests pass a fake).
+    if agree is None and jax.process_count() > 1:
+      agree = _process_0_value
+    self._agree = agree
+    self._since = clock()
+
+  def due(self, step: int) -> bool:
+    if step % self._every_steps == 0 or step == self._last_step:
+      return True
+    if not self._seconds:
+      return False
+    if self._agree is None:
+      return self._clock() - self._since >= self._seconds
+    if step % self._agree_every:
+      return False
+    return bool(self._agree(self._clock() - self._since >= self._seconds))
+
+  def saved(self) -> None:
+    self._since = self._clock()
+
+
+def _process_0_value(flag: bool) -> bool:
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def _save_checkpoint(checkpointer, step, state) -> None:
-  # Never overwrite good checkpoints with a diverged state.
+  # Never overwrite good checkpoints with a diverged state. The check is
+  # read right before the save, which waits for this same state anyway:
+  # it adds a scalar's transfer, not a wait of its own, and steps without
+  # a save pay nothing. (Reading it after the save started would let
+  # orbax drop the oldest good checkpoint for a diverged one.)
   if not _all_finite(state.params):
     _raise_non_finite('The parameters are not finite', step, checkpointer)
   checkpointer.save(step, state.to_checkpoint())
@@ -277,12 +343,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   workdir = paths.absolute(workdir)
   validation.validate(config)  # before anything is read or compiled
+  # 'auto' values become the platform's choices here, once: everything
+  # below, config.json and results.json see the resolved config.
+  config = platform.resolve(config, records.recorded_config(workdir))
   method = distill.create_method(config)
   config_changes = records.check_config(workdir, config)
   mesh = parallel.create_mesh(config.num_devices or None)
   teacher = _load_teacher(config, method,
                           datasets.dataset_info(config.data.name))
-  train_input, eval_input, info = input_pipeline.create_inputs(config, mesh)
+  train_input, eval_input, info = input_pipeline.create_inputs(
+    config, mesh, strong_view=method.needs_strong_view
+  )
   data = base.DataSpec(info.num_classes, train_input.example_shape,
                        train_input.num_examples, train_input.steps_per_epoch,
                        train_input.labels_by_index)
@@ -311,6 +382,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     num_students=config.num_students,
     share_data=config.students_share_data,
     students_loop=config.students_loop,
+    state_sharding=steps.state_shardings(state),
   )
   evaluator = Evaluator(method, graphdef, teacher_graphdef, teacher_state,
                         eval_input, options, config)
@@ -357,20 +429,32 @@ def _stop_for_preemption(checkpointer, step: int, state) -> dict:
   return {'preempted': True, 'step': step}
 
 
+# The clock the checkpoint schedule reads (tests replace it).
+_clock = time.monotonic
+
+
 def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
                       checkpointer):
   """What runs after every step, in order, called with the step and the
   state: train metrics (with the non-finite check), evaluation,
-  checkpoint, progress."""
+  checkpoint (by steps and by time, ``CheckpointSchedule``), progress."""
   last = [num_train_steps]
 
   def evaluate(step, t, state):
     del t
     reporter.evaluation(step, evaluator(state))
 
-  def save(step, t, state):
-    del t
-    _save_checkpoint(checkpointer, step, state)
+  schedule = CheckpointSchedule(
+    every_steps=config.checkpoint.every_steps,
+    every_minutes=config.checkpoint.every_minutes,
+    last_step=num_train_steps, agree_every=config.log_every_steps,
+    clock=_clock,
+  )
+
+  def save(step, state):
+    if schedule.due(step):
+      _save_checkpoint(checkpointer, step, state)
+      schedule.saved()
 
   def log_train(step, t, state):
     del t, state
@@ -382,8 +466,7 @@ def _periodic_actions(config, data, num_train_steps, reporter, evaluator,
              callback_fn=log_train),
     callback(every_steps=data.steps_per_epoch * config.eval_every_epochs,
              on_steps=last, callback_fn=evaluate),
-    callback(every_steps=config.checkpoint.every_steps, on_steps=last,
-             callback_fn=save),
+    save,
     lambda step, state: reporter.after_step(step),
   ]
 
@@ -431,6 +514,7 @@ def _write_results(config, teacher, info, num_train_steps, history,
     'teacher': teacher.name if teacher is not None else None,
     'data': info.name,
     'seed': config.seed,
+    'compute_dtype': config.compute_dtype,
     'num_epochs': config.num_epochs,
     'num_train_steps': num_train_steps,
     'final': {k: v for k, v in final.items() if k.startswith('eval/')},

@@ -122,6 +122,29 @@ def create_learning_rate_fn(config, steps_per_epoch: int):
   return learning_rate
 
 
+def create_host_learning_rate_fn(config, steps_per_epoch: int):
+  """``create_learning_rate_fn`` as a host function returning floats, for
+  logging: no device work per call.
+
+  The schedule takes one value per decay boundary passed, so each value
+  is taken once, here, from the schedule itself (at the first step that
+  has it): the logged rate is the one the schedule gives, to the bit.
+  """
+  schedule = create_learning_rate_fn(config, steps_per_epoch)
+  boundaries = np.asarray(
+    [d * steps_per_epoch for d in lr_decay_epochs(config)], np.int64
+  )
+  value_after = {
+    int(np.sum(first >= boundaries)): float(schedule(int(first)))
+    for first in (0, *boundaries)
+  }
+
+  def learning_rate(count: int) -> float:
+    return value_after[int(np.sum(count >= boundaries))]
+
+  return learning_rate
+
+
 def create_optimizer(config, steps_per_epoch: int):
   """SGD with momentum and PyTorch-style coupled weight decay.
 

@@ -11,6 +11,8 @@ UPDATE_RTOL (the constants below and docs/performance.md, "Mixed
 precision", say why these).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,11 +91,15 @@ CASES = {
   'ctkd': ('ctkd', {}, None),
   'dist': ('dist', {}, None),
   'ofd': ('ofd', {}, None),
+  'reviewkd': ('reviewkd', {}, None),
   # SVDs of the stage maps, in float32 (losses.in_float32).
   'kdsvd': ('kdsvd', {}, None),
   # Logit standardization and DOT are switches on any method.
   'kd_ls': ('kd', {'kd.logit_standardize': True}, None),
   'dkd_ls': ('dkd', {'dkd.logit_standardize': True}, None),
+  # MLKD's batches carry the strong view (RandAugment on the device).
+  'mlkd': ('mlkd', {}, None),
+  'mlkd_ls': ('mlkd', {'mlkd.logit_standardize': True}, None),
   'kd_dot': ('kd', {'optimizer.name': 'dot'}, None),
   'ofd_dot': ('ofd', {'optimizer.name': 'dot'}, None),
 }
@@ -158,8 +164,11 @@ def _train(name, dtype):
     data=DATA, compiler_options=steps.compiler_options(mesh),
   )
   before = _host(state.params)
+  preprocessing = dataclasses.replace(
+    PREPROCESSING, strong_view=method.needs_strong_view
+  )
   train_input = input_pipeline.DeviceResidentInput(
-    _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
+    _split(), preprocessing, batch_size=BATCH, mesh=mesh
   )
   history = []
   batches = train_input.batches(0, jax.random.key(0))

@@ -25,7 +25,8 @@ def test_every_cell_validates():
       validation.validate(config)
       assert config.model == student and config.method == method
       rate = 0.01 if student in cifar100.LOW_LR_STUDENTS else 0.05
-      assert config.learning_rate == rate
+      if method != 'mlkd':  # its authors' recipe (test_mlkd_runs_...)
+        assert config.learning_rate == rate
       if method != 'ce':
         assert config.teacher.model == teacher
   for teacher in cifar100.TEACHERS:
@@ -151,6 +152,39 @@ def test_logit_standardization_runs_carry_the_ls_codes_settings():
         cifar100.get_config(f'{teacher}-{student},{method},ls'))
   with pytest.raises(errors.ConfigError, match='PAIR,METHOD,ls'):
     cifar100.get_config('vgg13-vgg8,fitnet,ls')
+
+
+def test_mlkd_runs_carry_their_sources_recipes():
+  # The MLKD authors' configs: 240 epochs at 0.025, ShuffleNets 960 at
+  # 0.01; the rate steps after epochs 150, 180 and 210 whatever the length.
+  mlkd = cifar100.get_config('resnet32x4-resnet8x4,mlkd')
+  assert (mlkd.num_epochs, mlkd.learning_rate) == (240, 0.025)
+  assert (mlkd.mlkd.temperature, mlkd.mlkd.ce_weight, mlkd.mlkd.kd_weight,
+          mlkd.mlkd.logit_standardize) == (4.0, 0.1, 0.9, False)
+  shuffle = cifar100.get_config('resnet32x4-ShuffleV2,mlkd')
+  assert (shuffle.num_epochs, shuffle.learning_rate) == (960, 0.01)
+  assert [round(f * 960) for f in shuffle.lr_decay_fractions] == [150, 180,
+                                                                 210]
+  # The LS code's MLKD+LS: 480 epochs, T 2, weight 9 (6 for vgg13-vgg8,
+  # whose rate is 0.01 there).
+  ls = cifar100.get_config('resnet32x4-resnet8x4,mlkd,ls')
+  assert (ls.num_epochs, ls.learning_rate) == (480, 0.025)
+  assert ls.mlkd.logit_standardize
+  assert (ls.mlkd.temperature, ls.mlkd.kd_weight, ls.mlkd.ce_weight) == (
+    2.0, 9.0, 0.1)
+  vgg = cifar100.get_config('vgg13-vgg8,mlkd,ls')
+  assert (vgg.num_epochs, vgg.learning_rate, vgg.mlkd.kd_weight) == (
+    480, 0.01, 6.0)
+  assert [round(f * 480) for f in vgg.lr_decay_fractions] == [150, 180, 210]
+  # A pair neither source lists: the rule for its student.
+  other = cifar100.get_config('ResNet50-vgg8,mlkd')
+  assert (other.num_epochs, other.learning_rate) == (240, 0.025)
+  assert cifar100.PUBLISHED[('resnet32x4-resnet8x4', 'mlkd')] == 77.08
+  assert cifar100.PUBLISHED_LS[('resnet32x4-resnet8x4', 'mlkd')] == 78.28
+  assert cifar100.PUBLISHED_LS[('vgg13-vgg8', 'mlkd')] == 75.22
+  # The recipe rides on DOT too.
+  dot = cifar100.get_config('resnet32x4-resnet8x4,mlkd+dot')
+  assert (dot.num_epochs, dot.optimizer.name) == (240, 'dot')
 
 
 @pytest.mark.parametrize('teacher, student', cifar100.PAIRS)

@@ -27,6 +27,13 @@ def test_every_method_validates(module):
       assert config.teacher.model and config.teacher.init
 
 
+def test_imagenet_has_no_run_of_a_two_view_method():
+  assert 'mlkd' in imagenet.STRONG_VIEW_METHODS
+  assert 'mlkd' not in imagenet.METHODS
+  with pytest.raises(errors.ConfigError, match='configs/cifar100.py'):
+    imagenet.get_config('mlkd')
+
+
 def test_imagenet_recipe():
   config = imagenet.get_config('kd')
   assert (config.model, config.teacher.model) == (
@@ -81,7 +88,7 @@ def _trainable(module, method, shape, classes):
 
 # The methods whose trainable modules depend on feature-map shapes (the
 # others add nothing to the student, or only vectors of pooled features).
-SHAPE_DEPENDENT = ('fitnet', 'vid', 'ft', 'fsp', 'mhkd', 'crd')
+SHAPE_DEPENDENT = ('fitnet', 'vid', 'ft', 'fsp', 'mhkd', 'crd', 'reviewkd')
 
 
 @pytest.mark.parametrize('method', SHAPE_DEPENDENT)
@@ -90,6 +97,6 @@ def test_shape_dependent_methods_build_at_224(method):
   assert trainable.get('student') is not None
 
 
-@pytest.mark.parametrize('method', ['fitnet', 'mhkd'])
+@pytest.mark.parametrize('method', ['fitnet', 'mhkd', 'reviewkd'])
 def test_feature_map_methods_build_at_64(method):
   _trainable(tiny, method, (64, 64, 3), 200)

@@ -1,10 +1,12 @@
-"""The logit-based methods after CRD (DIST, the LS switch, CTKD): their
-JAX steps against PyTorch steps of the same methods.
+"""The logit-based methods after CRD (DIST, the LS switch, CTKD, MLKD):
+their JAX steps against PyTorch steps of the same methods.
 
 As ``method_parity_test.py``: a resnet14 teacher and a resnet8 student (10
 classes) with the same weights on both sides, the same normalised batches
-(no augmentation), three SGD steps (momentum 0.9, coupled weight decay
-5e-4). The PyTorch side is the authors' loss (our port in
+(no augmentation; MLKD's strong view is made once, by
+``augment.strong_augment``, and given to both sides, so only the step is
+compared, not the augmentation's randomness), three SGD steps (momentum
+0.9, coupled weight decay 5e-4). The PyTorch side is the authors' loss (our port in
 ``tests/torch_reference``) with the authors' weights. Every loss term must
 agree within 1e-4 (relative above 1), the student's parameters (and
 CTKD's temperature) after three steps within 1e-4 relative.
@@ -29,7 +31,11 @@ if str(_ROOT) not in sys.path:
 from mhkd_jax import distill, parallel, steps, train_state  # noqa: E402
 from mhkd_jax.configs import test as test_config  # noqa: E402
 from mhkd_jax.data import augment, input_pipeline  # noqa: E402
-from mhkd_jax.distill.base import DataSpec, Teacher  # noqa: E402
+from mhkd_jax.distill.base import (  # noqa: E402
+  STRONG_IMAGES,
+  DataSpec,
+  Teacher,
+)
 from mhkd_jax.interop import repdistiller  # noqa: E402
 from mhkd_jax.models import create_model  # noqa: E402
 from tests.torch_reference import distill_losses as ref  # noqa: E402
@@ -43,6 +49,11 @@ NUM_CLASSES, BATCH, STEPS, NUM_TRAIN = 10, 16, 3, 48
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 LOSS_TOL, PARAM_RTOL = 1e-4, 1e-4
 TEACHER_SCALE = 20.0
+# MLKD's masks compare the teacher's max-probabilities and class sums with
+# their median: a teacher as confident as TEACHER_SCALE makes saturated
+# probabilities whose sums tie exactly, and float32 rounding then decides
+# which side of the median a tie falls. A milder teacher leaves no ties.
+MLKD_TEACHER_SCALE = 2.0
 REPORT: dict[str, dict[str, float]] = {}
 
 
@@ -91,9 +102,21 @@ def _rel(a, b):
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-def _torch_terms(case, config, logit_s, logit_t, yt, step, extras):
-  """The authors' loss terms and total at ``step`` (0-based)."""
+def _torch_terms(case, config, logit_s, logit_t, yt, step, extras,
+                 strong=None):
+  """The authors' loss terms and total at ``step`` (0-based); ``strong``:
+  (student, teacher) logits of the strong view, for MLKD."""
   ce = torch.nn.functional.cross_entropy(logit_s, yt)
+  if case.startswith('mlkd'):
+    # The authors' forward_train: CE on both views, then the MLKD terms.
+    c = config.mlkd
+    s_strong, t_strong = strong
+    ce_strong = torch.nn.functional.cross_entropy(s_strong, yt)
+    kd = ref_post.mlkd_terms(logit_s, s_strong, logit_t, t_strong,
+                             c.temperature, c.kd_weight, c.logit_standardize)
+    terms = {'ce': ce + ce_strong, 'ce/weak': ce, 'ce/strong': ce_strong,
+             **{f'mlkd/{k}': v for k, v in kd.items()}}
+    return terms, c.ce_weight * (ce + ce_strong) + sum(kd.values())
   if case == 'dist':
     c = config.dist
     inter, intra = ref_post.dist_relations(logit_s, logit_t, c.temperature)
@@ -181,6 +204,16 @@ CASES = {
   'dkd_ls': ('dkd', {'dkd.logit_standardize': True,
                      'dkd.temperature': 2.0, 'dkd.alpha': 9.0,
                      'dkd.beta': 72.0}),
+  # MLKD's defaults (T 4, CE 0.1, KD 0.9), and the LS code's MLKD+LS for
+  # resnet32x4 -> resnet8x4 (T 2, weight 9). At the common rate (0.005)
+  # the terms agree to 5e-7 and 1e-5 but the parameters drift 9e-5 and
+  # 2e-4 apart in three steps: twenty logit terms on two views (weight 9
+  # on ten of them with LS) amplify float32 rounding as DIST's do. Smaller
+  # rates keep the steps comparable (measured 2e-7 for both).
+  'mlkd': ('mlkd', {'learning_rate': 0.002}),
+  'mlkd_ls': ('mlkd', {'mlkd.logit_standardize': True,
+                       'mlkd.temperature': 2.0, 'mlkd.kd_weight': 9.0,
+                       'learning_rate': 0.0005}),
 }
 
 
@@ -196,8 +229,8 @@ def _run(case):
   # (4e-3 after three); a smaller rate keeps the three steps comparable.
   config.learning_rate = 0.005
   for key, value in overrides.items():
-    section, _, field = key.partition('.')
-    config[section][field] = value
+    section, _, field = key.rpartition('.')
+    (config[section] if section else config)[field] = value
   data = DataSpec(NUM_CLASSES, (32, 32, 3), NUM_TRAIN, STEPS, labels)
   method = distill.create_method(config)
 
@@ -210,8 +243,10 @@ def _run(case):
     # A confident teacher, as a trained one is: a random one's softened
     # outputs are near uniform, where DIST's Pearson terms divide by tiny
     # norms and float32 rounding decides the step.
-    t_teacher.fc.weight.mul_(TEACHER_SCALE)
-    t_teacher.fc.bias.mul_(TEACHER_SCALE)
+    scale = (MLKD_TEACHER_SCALE if method.needs_strong_view
+             else TEACHER_SCALE)
+    t_teacher.fc.weight.mul_(scale)
+    t_teacher.fc.bias.mul_(scale)
   j_teacher = nnx.eval_shape(lambda: create_model(
     'resnet14', num_classes=NUM_CLASSES, rngs=nnx.Rngs(9)))
   _port(t_teacher, j_teacher)
@@ -236,8 +271,13 @@ def _run(case):
   for i in range(STEPS):
     rows = np.arange(i * BATCH, (i + 1) * BATCH)
     x = np.asarray(augment.normalize(images[rows], MEAN, STD))
+    views = {}
+    if method.needs_strong_view:
+      strong = augment.strong_augment(jax.random.key(100 + i), images[rows])
+      views[STRONG_IMAGES] = np.asarray(augment.normalize(strong, MEAN, STD))
     batch = parallel.replicate(
-      input_pipeline.Batch(x, labels[rows], rows.astype(np.int32)), mesh)
+      input_pipeline.Batch(x, labels[rows], rows.astype(np.int32),
+                           extras=views), mesh)
     state, metrics = train_step(state, batch, t_state)
     j_terms = jax.device_get(metrics)
 
@@ -248,8 +288,14 @@ def _run(case):
     logit_s = t_student(xt)
     with torch.no_grad():
       logit_t = t_teacher(xt)
+    strong = None
+    if views:  # the student's second pass, after the weak one
+      xs = torch.from_numpy(views[STRONG_IMAGES].transpose(0, 3, 1, 2).copy())
+      s_strong = t_student(xs)
+      with torch.no_grad():
+        strong = (s_strong, t_teacher(xs))
     t_terms, loss = _torch_terms(case, config, logit_s, logit_t, yt, i,
-                                 extras)
+                                 extras, strong)
     t_terms['loss'] = loss
     opt.zero_grad()
     loss.backward()

@@ -11,7 +11,7 @@ from etils import epath
 
 from mhkd_jax import train
 from mhkd_jax.configs import test as test_config
-from mhkd_jax.run import checkpoints, errors, records
+from mhkd_jax.run import checkpoints, errors, platform, records
 
 
 def _config(**overrides):
@@ -54,7 +54,10 @@ def _steps(workdir):
 def test_a_run_records_its_config(finished):
   workdir, _ = finished
   saved = records.read_json(os.path.join(workdir, records.CONFIG))
-  assert saved == records.config_as_json(_config())
+  # The run records its resolved config: the platform's values, not 'auto'.
+  assert saved == records.config_as_json(platform.resolve(_config()))
+  assert saved['compute_dtype'] == 'float32'
+  assert saved['students_loop'] == 'unroll'
   assert _steps(workdir) == ['6', '8']
 
 

@@ -71,6 +71,7 @@ def _setup(num_devices, mode='pretrain'):
   train_step = steps.create_train_step(
     method=method, graphdef=graphdef, teacher_graphdef=t_graphdef, tx=tx,
     data=DATA, compiler_options=steps.compiler_options(mesh),
+    state_sharding=steps.state_shardings(state),  # as the loop has it
   )
   train_input = input_pipeline.DeviceResidentInput(
     _split(), PREPROCESSING, batch_size=BATCH, mesh=mesh
@@ -154,6 +155,21 @@ def test_eight_devices_equal_one_device(one_device_run):
   assert len(leaves_1) == len(leaves_8)
   for a, b in zip(leaves_1, leaves_8):
     np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_the_new_state_keeps_the_state_shardings_on_eight_devices():
+  train_step, train_input, state, t_state = _setup(8)
+  shardings = steps.state_shardings(state)
+  batch = next(train_input.batches(0, jax.random.key(0)))
+  new_state, metrics = train_step(state, batch, t_state)
+  assert jax.tree.structure(steps.state_shardings(new_state)) == (
+    jax.tree.structure(shardings))
+  for got, want in zip(jax.tree.leaves(steps.state_shardings(new_state)),
+                       jax.tree.leaves(shardings)):
+    assert got == want
+  for x in jax.tree.leaves(metrics):
+    assert x.sharding.is_fully_replicated
+    assert x.sharding.mesh == shardings.step.mesh
 
 
 def test_learning_rate_follows_repdistiller_epochs():

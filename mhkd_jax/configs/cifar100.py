@@ -3,8 +3,8 @@
   python -m mhkd_jax.main --config=configs/cifar100.py:PAIR,METHOD \
       --workdir=runs/cifar100/PAIR/METHOD
 
-``PAIR,METHOD,ls`` is the logit-standardization run of ``kd``, ``dkd``
-(or ``mhkd``) with the LS code's per-pair temperature and weight
+``PAIR,METHOD,ls`` is the logit-standardization run of ``kd``, ``dkd``,
+``mlkd`` (or ``mhkd``) with the LS code's per-pair temperature and weight
 (``LS_SETTINGS``).
 
 PAIR is ``teacher-student`` (``resnet32x4-resnet8x4``, ``vgg13-MobileNetV2``,
@@ -17,7 +17,10 @@ resnet32x4-ShuffleV2). ``configs/cifar100.py:TEACHER`` trains a teacher.
 RepDistiller's recipe throughout: 240 epochs, batch 64, SGD 0.05 (0.01
 for MobileNetV2, ShuffleV1 and ShuffleV2 students), momentum 0.9, weight
 decay 5e-4, x0.1 after epochs 150, 180, 210; each method's weights are
-its defaults (RepDistiller's scripts; DKD: mdistiller's, beta per pair).
+its defaults (RepDistiller's scripts; DKD: mdistiller's, beta per pair;
+ReviewKD: mdistiller's, its weight per pair, ``REVIEWKD_WEIGHT``).
+MLKD runs its authors' recipe instead (``MLKD_RECIPES``: 240 to 960
+epochs, SGD 0.025 or 0.01; ``PAIR,mlkd,ls`` the LS code's).
 docs/benchmark.md has the recipe and the published numbers with their
 sources.
 
@@ -68,6 +71,17 @@ DKD_BETA = {
   ('vgg13', 'vgg8'): 6.0, ('vgg13', 'MobileNetV2'): 6.0,
   ('wrn_40_2', 'wrn_16_2'): 6.0, ('wrn_40_2', 'wrn_40_1'): 6.0,
 }
+# ReviewKD's weight: 5 in mdistiller's configs/cifar100/reviewkd.yaml
+# (resnet32x4 -> resnet8x4, its only CIFAR-100 config); the other pairs
+# from the ReviewKD authors' CIFAR-100/script/reviewKD.sh
+# (--kd-loss-weight); 5 for the pairs neither reports.
+REVIEWKD_WEIGHT_DEFAULT = 5.0
+REVIEWKD_WEIGHT = {
+  ('resnet32x4', 'resnet8x4'): 5.0, ('wrn_40_2', 'wrn_16_2'): 5.0,
+  ('wrn_40_2', 'wrn_40_1'): 5.0, ('wrn_40_2', 'ShuffleV1'): 5.0,
+  ('resnet32x4', 'ShuffleV1'): 5.0, ('resnet32x4', 'ShuffleV2'): 8.0,
+  ('resnet56', 'resnet20'): 0.6, ('resnet110', 'resnet32'): 1.0,
+}
 
 
 # The LS code's runs (sunshangquan/logit-standardization-KD, the names of
@@ -99,8 +113,57 @@ LS_SETTINGS = {
     ('vgg13', 'MobileNetV2'): (3.0, 9.0, 2.0),
     ('ResNet50', 'MobileNetV2'): (2.0, 15.0, 2.0),
   },
+  # MLKD+LS sets mlkd.temperature and mlkd.kd_weight (ce_weight stays 0.1).
+  'mlkd': {
+    ('resnet32x4', 'resnet8x4'): (2.0, 9.0), ('vgg13', 'vgg8'): (2.0, 6.0),
+    ('wrn_40_2', 'wrn_40_1'): (2.0, 9.0), ('wrn_40_2', 'wrn_16_2'): (2.0, 9.0),
+    ('resnet110', 'resnet32'): (2.0, 9.0),
+    ('resnet110', 'resnet20'): (2.0, 9.0),
+    ('resnet32x4', 'ShuffleV2'): (2.0, 6.0),
+    ('vgg13', 'MobileNetV2'): (2.0, 6.0),
+    ('ResNet50', 'MobileNetV2'): (2.0, 9.0),
+  },
 }
-LS_METHODS = ('kd', 'dkd', 'mhkd')
+LS_METHODS = ('kd', 'dkd', 'mlkd', 'mhkd')
+
+# MLKD's recipe, (epochs, learning rate) per pair: its authors' configs
+# (Jin-Ying/Multi-Level-Logit-Distillation, configs/cifar100/ours/*.yaml)
+# for PAIR,mlkd; the LS code's (configs/cifar100/mlkd/*.yaml) for
+# PAIR,mlkd,ls. Batch 64, weight decay 5e-4 as everywhere here; both keep
+# the x0.1 steps after epochs 150, 180 and 210 however long the run
+# (MLKD_DECAY_EPOCHS). Pairs a source does not list take its rule for the
+# student: 0.01 for MobileNetV2 and ShuffleNet students, 0.025 otherwise,
+# at its most common length for that rate.
+MLKD_DECAY_EPOCHS = (150, 180, 210)
+MLKD_RECIPES = {
+  ('resnet56', 'resnet20'): (240, 0.025),
+  ('resnet110', 'resnet32'): (240, 0.025),
+  ('resnet32x4', 'resnet8x4'): (240, 0.025),
+  ('vgg13', 'vgg8'): (240, 0.025),
+  ('wrn_40_2', 'wrn_16_2'): (240, 0.025),
+  ('wrn_40_2', 'wrn_40_1'): (240, 0.025),
+  ('vgg13', 'MobileNetV2'): (480, 0.01),
+  ('ResNet50', 'MobileNetV2'): (480, 0.01),
+  ('wrn_40_2', 'ShuffleV1'): (480, 0.01),
+  ('resnet32x4', 'ShuffleV1'): (960, 0.01),
+  ('resnet32x4', 'ShuffleV2'): (960, 0.01),
+}
+MLKD_DEFAULT = {'low_lr': (480, 0.01), 'other': (240, 0.025)}
+MLKD_LS_RECIPES = {
+  ('resnet56', 'resnet20'): (480, 0.025),
+  ('resnet110', 'resnet20'): (480, 0.025),
+  ('resnet110', 'resnet32'): (480, 0.025),
+  ('resnet32x4', 'resnet8x4'): (480, 0.025),
+  ('wrn_40_2', 'wrn_16_2'): (480, 0.025),
+  ('wrn_40_2', 'wrn_40_1'): (480, 0.025),
+  ('vgg13', 'vgg8'): (480, 0.01),
+  ('vgg13', 'MobileNetV2'): (480, 0.01),
+  ('ResNet50', 'MobileNetV2'): (480, 0.01),
+  ('wrn_40_2', 'ShuffleV1'): (480, 0.01),
+  ('resnet32x4', 'ShuffleV1'): (960, 0.01),
+  ('resnet32x4', 'ShuffleV2'): (960, 0.01),
+}
+MLKD_LS_DEFAULT = {'low_lr': (480, 0.01), 'other': (480, 0.025)}
 
 
 def _published(pair: str, label: str) -> float | None:
@@ -182,8 +245,21 @@ def _logit_standardization(config, method, pair) -> None:
     beta = settings[2] if len(settings) > 2 else config.dkd.beta
     config.dkd.alpha *= weight
     config.dkd.beta = beta * weight
+  elif method == 'mlkd':
+    config.mlkd.kd_weight = weight
   else:  # kd; mhkd (no source) takes KD's reading on its KD terms
     setattr(section, 'w_kd', weight)
+
+
+def _mlkd_recipe(config, pair, ls: bool) -> None:
+  """MLKD's epochs, rate and schedule for this pair (MLKD_RECIPES)."""
+  recipes, default = ((MLKD_LS_RECIPES, MLKD_LS_DEFAULT) if ls
+                      else (MLKD_RECIPES, MLKD_DEFAULT))
+  kind = 'low_lr' if pair[1] in LOW_LR_STUDENTS else 'other'
+  epochs, rate = recipes.get(pair, default[kind])
+  config.num_epochs = epochs
+  config.learning_rate = rate
+  config.lr_decay_fractions = tuple(e / epochs for e in MLKD_DECAY_EPOCHS)
 
 
 def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
@@ -196,6 +272,10 @@ def get_config(arg: str = 'resnet32x4-resnet8x4,kd'):
   if student in LOW_LR_STUDENTS:
     config.learning_rate = 0.01
   config.dkd.beta = DKD_BETA.get((teacher, student), 8.0)
+  config.reviewkd.reviewkd_weight = REVIEWKD_WEIGHT.get(
+    (teacher, student), REVIEWKD_WEIGHT_DEFAULT)
+  if distillation.split_run(method)[0] == 'mlkd':
+    _mlkd_recipe(config, (teacher, student), ls)
   if ls:
     _logit_standardization(config, method, (teacher, student))
   config.optimizer.dot_delta = DOT_DELTA

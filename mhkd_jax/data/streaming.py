@@ -30,7 +30,6 @@ import io
 import math
 from collections.abc import Iterator, Sequence
 
-import grain
 import jax
 import numpy as np
 from absl import flags, logging
@@ -39,6 +38,16 @@ from PIL import Image
 from mhkd_jax import parallel
 from mhkd_jax.data import augment, datasets
 from mhkd_jax.run import errors
+
+try:
+  # Only `config.data.pipeline='stream'` imports this module.
+  import grain
+except ImportError as e:
+  raise datasets.MissingExtraError(
+    f"The streaming input (config.data.pipeline='stream') needs grain, "
+    f"which is not installed ({e}). Install it with `pip install "
+    f"'.[stream]'`, or use data.pipeline='device' or 'host'."
+  ) from e
 
 # grain's MapDataset needs a length; training is endless in practice.
 _ENDLESS = 2**40
@@ -404,8 +413,7 @@ def open_source(
       a format that has no random access (tfrecord); the message gives the
       command that prepares it.
   """
-  import tensorflow_datasets as tfds  # noqa: PLC0415 (seconds to import)
-
+  tfds = datasets.import_tfds()
   builder = datasets.create_builder(info.name, data_dir)
   command = datasets.prepare_command(
     info.name, data_dir, file_format='array_record'

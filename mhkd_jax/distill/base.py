@@ -27,6 +27,8 @@ A method is one class in one module of this package, registered with
   teacher checkpoint (``workdir/export``), or None;
 * ``task_weight()``: the weight of its ``'ce'`` term in the total (the task
   loss that DOT gives its own momentum), or None;
+* ``needs_strong_view``: whether its batches carry a second, strongly
+  augmented view of every image (MLKD), on which the teacher runs too;
 * optionally ``preliminary()`` / ``load_preliminary(...)``: a phase trained
   first, in the same run's workdir (FT's paraphraser, FSP's and AB's
   student initialisation), and ``trained_parameters()``, the parameters the
@@ -47,11 +49,15 @@ from flax import nnx
 
 from mhkd_jax import models
 from mhkd_jax.models import features
+from mhkd_jax.run import errors
 
 # Output names: the student's logits, and the frozen teacher's. A head on
 # stage k of either network is '<role>/stage<k>'.
 STUDENT = 'student'
 TEACHER = 'teacher'
+# The ``Batch.extras`` entry that holds a batch's strong view (normalised
+# like ``images``) for a method with ``needs_strong_view``.
+STRONG_IMAGES = 'strong_images'
 # The term every method that trains a student on labels logs its
 # cross-entropy under (``Method.task_weight`` says its weight).
 TASK_TERM = 'ce'
@@ -100,18 +106,37 @@ class TeacherOutputs:
 
   ``feats`` is None in evaluation when the teacher's logits were cached
   (methods that need teacher features in evaluation say so with
-  ``eval_needs_teacher_features``).
+  ``eval_needs_teacher_features``). ``strong``: the teacher's outputs on
+  the batch's strong view, in training, for a method that asks for one
+  (``Method.needs_strong_view``); None otherwise.
   """
 
   logits: jax.Array
   feats: dict[str, jax.Array] | None
   head_logits: dict[str, jax.Array] | None
+  strong: TeacherOutputs | None = None
 
 
 jax.tree_util.register_dataclass(
-  TeacherOutputs, data_fields=['logits', 'feats', 'head_logits'],
+  TeacherOutputs, data_fields=['logits', 'feats', 'head_logits', 'strong'],
   meta_fields=[],
 )
+
+
+def strong_images(method: str, batch) -> jax.Array:
+  """The batch's strong view (``STRONG_IMAGES``), or an error that names
+  what makes one (a batch built by hand, or an input that makes none)."""
+  images = batch.extras.get(STRONG_IMAGES)
+  if images is None:
+    raise errors.ConfigError(
+      f'Method {method!r} trains on a weak and a strong view of every '
+      f"image, and this batch has no strong view (Batch.extras"
+      f"['{STRONG_IMAGES}']). The device and host inputs make it "
+      '(input_pipeline.create_inputs(..., strong_view=True), as the '
+      'trainer calls it for such a method), and so does '
+      'input_pipeline.Preprocessing.train_batch with strong_view=True.'
+    )
+  return images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +211,11 @@ class Method:
   # True: the train step runs the frozen teacher with its BatchNorms on
   # the batch's statistics (train mode) instead of the running ones.
   teacher_batch_statistics: ClassVar[bool] = False
+  # True: every training batch also carries a strongly augmented view of
+  # its images (``Batch.extras['strong_images']``: MLKD's RandAugment,
+  # ``data/augment.py``), and the step runs the frozen teacher on it too
+  # (``TeacherOutputs.strong``). Only the device and host inputs make it.
+  needs_strong_view: ClassVar[bool] = False
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict | None:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mhkd_jax.models import layers
+from mhkd_jax.run import platform
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -44,9 +45,10 @@ IN_FLOAT32 = (nnx.Linear, nnx.BatchNorm)
 
 
 def compute_dtype(name: str):
-  """The jnp dtype for ``config.compute_dtype`` (one of COMPUTE_DTYPES,
-  checked by ``run.validation``)."""
-  return COMPUTE_DTYPES[name]
+  """The jnp dtype for ``config.compute_dtype`` (one of COMPUTE_DTYPES or
+  'auto', checked by ``run.validation``; 'auto' is this platform's
+  default, ``run.platform``)."""
+  return COMPUTE_DTYPES[platform.choice('compute_dtype', name)]
 
 
 def layer_dtype(layer: nnx.Module, dtype):

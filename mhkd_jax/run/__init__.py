@@ -2,8 +2,11 @@
 
 ``records`` (config.json, the eval history, results), ``checkpoints``
 (orbax: training checkpoints and teachers), ``preemption`` (SIGTERM agreed
-across processes), ``progress`` (the progress line), ``paths`` (local or
-``gs://``), ``cli`` (command-line errors and logs), ``errors`` (the errors
-whose message is the fix) and ``validation`` (every impossible config
-value, before a run starts).
+across processes), ``progress`` (the progress line), ``metric_writers``
+(the log and TensorBoard event files, without TensorFlow),
+``periodic_actions`` (what the loop runs every so many steps), ``paths``
+(local or ``gs://``), ``cli`` (command-line errors and logs), ``errors``
+(the errors whose message is the fix), ``validation`` (every impossible
+config value, before a run starts) and ``platform`` (what 'auto' defaults
+stand for on the devices present).
 """

@@ -131,9 +131,10 @@ def quiet_logs() -> None:
     handler = logging.get_absl_handler()
     handler.setLevel(std_logging.WARNING)
     handler.addFilter(_NotFromOrbax())
-  import tensorflow_datasets as tfds  # noqa: PLC0415
+  # TFDS's bars too, when a run imports it (most need no TFDS at all).
+  from mhkd_jax.data import datasets  # noqa: PLC0415
 
-  tfds.disable_progress_bar()
+  datasets.disable_tfds_progress_bar()
 
 
 def log_to_file(path: str) -> None:

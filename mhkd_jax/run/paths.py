@@ -64,6 +64,14 @@ def write_bytes(path: str, data: bytes) -> None:
   epath.Path(path).write_bytes(data)
 
 
+def open_binary(path: str) -> IO[bytes]:
+  """A new file open for writing bytes; on a bucket the object appears
+  when the file is closed."""
+  if not is_remote(path):
+    return open(path, 'wb')
+  return epath.Path(path).open('wb')
+
+
 def read_text(path: str) -> str:
   return epath.Path(path).read_text()
 

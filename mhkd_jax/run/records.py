@@ -30,7 +30,8 @@ RESULTS = 'results.json'
 # the teacher and the data are. Anything else changes the experiment.
 RESUMABLE_CHANGES = frozenset({
   'num_epochs', 'log_every_steps', 'eval_every_epochs', 'eval_batch_size',
-  'checkpoint.every_steps', 'checkpoint.max_to_keep', 'num_devices',
+  'checkpoint.every_steps', 'checkpoint.every_minutes',
+  'checkpoint.max_to_keep', 'num_devices',
   'teacher.init', 'data.data_dir', 'students_loop',
   'teacher.fold_batchnorm', 'data.jpeg_draft_eval',
 })
@@ -53,6 +54,8 @@ ADDED_KEYS = {
   'crd.negatives_with_replacement': True,
   'crd_kd.negatives_with_replacement': True,
   'data.jpeg_draft_eval': False,
+  # Runs before 2026-12-03 saved by steps only.
+  'checkpoint.every_minutes': 0.0,
 }
 
 
@@ -105,6 +108,12 @@ def config_changes(before: dict, now: dict) -> dict[str, list]:
     for key in sorted(set(before) | set(now))
     if before.get(key) != now.get(key)
   }
+
+
+def recorded_config(workdir: str) -> dict | None:
+  """The ``config.json`` of the run in ``workdir``, or None if none."""
+  path = paths.join(workdir, CONFIG)
+  return read_json(path) if paths.exists(path) else None
 
 
 def check_config(workdir: str, config) -> dict[str, list]:

@@ -88,6 +88,7 @@ def _check_trainer(checker: Checker) -> None:
   from mhkd_jax import models, steps  # noqa: PLC0415
   from mhkd_jax.data import datasets, input_pipeline  # noqa: PLC0415
   from mhkd_jax.models import precision  # noqa: PLC0415
+  from mhkd_jax.run import platform  # noqa: PLC0415
 
   c = checker
   c.choice('model', models.MODEL_NAMES, 'model')
@@ -109,10 +110,12 @@ def _check_trainer(checker: Checker) -> None:
   for key in ('data.num_workers', 'data.num_threads'):
     c.number(key, minimum=0, integer=True)
   c.number('data.prefetch_batches', minimum=1, integer=True)
-  c.choice('compute_dtype', precision.COMPUTE_DTYPES, 'compute dtype')
+  c.choice('compute_dtype', (*precision.COMPUTE_DTYPES, platform.AUTO),
+           'compute dtype')
   c.number('seed', minimum=0, integer=True)
   c.number('num_students', minimum=1, integer=True)
-  c.choice('students_loop', steps.STUDENTS_LOOPS, 'students loop')
+  c.choice('students_loop', (*steps.STUDENTS_LOOPS, platform.AUTO),
+           'students loop')
   devices = _data_parallel_devices(c)
   for key in ('batch_size', 'eval_batch_size'):
     v = c.value(key)
@@ -139,6 +142,7 @@ def _check_trainer(checker: Checker) -> None:
   for key in ('log_every_steps', 'eval_every_epochs',
               'checkpoint.every_steps', 'checkpoint.max_to_keep'):
     c.number(key, minimum=1, integer=True)
+  c.number('checkpoint.every_minutes', minimum=0)  # 0: by steps only
 
 
 def _check_optimizer(checker: Checker, method) -> None:
