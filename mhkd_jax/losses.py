@@ -643,12 +643,42 @@ def _singular_values_and_right_vectors(x: jax.Array):
   map: several values exactly 0) this is the exact gradient, where the
   library rules give inf * 0 = NaN (docs/methods.md#kdsvd).
   """
-  _, s, vt = jnp.linalg.svd(x, full_matrices=False)
+  _, s, vt = _thin_svd(x)
   return s, jnp.swapaxes(vt, -1, -2)
 
 
+def _thin_svd_on_host(x: np.ndarray):
+  u, s, vt = np.linalg.svd(np.asarray(x), full_matrices=False)
+  return u.astype(x.dtype), s.astype(x.dtype), vt.astype(x.dtype)
+
+
+def _thin_svd(x: jax.Array):
+  """``jnp.linalg.svd(x, full_matrices=False)``, on CPU through numpy.
+
+  jaxlib 0.10's CPU LAPACK kernels split a batch over XLA's intra-op thread
+  pool and block that pool thread until the pieces finish; when as many
+  SVDs as the pool has threads run at once (KDSVD's stages, student and
+  teacher, are independent), every thread waits and the step never ends
+  (seen on 2 cores; jaxlib 0.11 compiled that path out). numpy's LAPACK
+  in a host callback uses none of XLA's threads. Other backends keep
+  their own solver (cuSOLVER on GPU).
+  """
+  def on_host(x):
+    *batch, m, n = x.shape
+    k = min(m, n)
+    shapes = (jax.ShapeDtypeStruct((*batch, m, k), x.dtype),
+              jax.ShapeDtypeStruct((*batch, k), x.dtype),
+              jax.ShapeDtypeStruct((*batch, k, n), x.dtype))
+    return jax.pure_callback(_thin_svd_on_host, shapes, x,
+                             vmap_method='broadcast_all')
+
+  return jax.lax.platform_dependent(
+    x, cpu=on_host,
+    default=lambda x: tuple(jnp.linalg.svd(x, full_matrices=False)))
+
+
 def _svd_fwd(x):
-  u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+  u, s, vt = _thin_svd(x)
   v = jnp.swapaxes(vt, -1, -2)
   return (s, v), (u, s, v)
 

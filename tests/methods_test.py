@@ -28,7 +28,7 @@ METHOD_TERMS = {
   'crd_kd': 'crd/pooled', 'dkd': 'dkd/logits', 'ft': 'ft/last_stage',
   'fsp': 'fsp/after_init', 'ab': 'ab/after_init',
   'dist': 'dist/logits', 'ctkd': 'ctkd/temperature',
-  'reviewkd': 'reviewkd/hcl',
+  'reviewkd': 'reviewkd/hcl', 'ofd': 'ofd/preacts', 'kdsvd': 'kdsvd/stages',
 }
 # Methods that train a preliminary phase first, in workdir/preliminary.
 PRELIMINARY = {'ft': 'mse/reconstruction', 'fsp': 'fsp/features',
