@@ -647,33 +647,27 @@ def _singular_values_and_right_vectors(x: jax.Array):
   return s, jnp.swapaxes(vt, -1, -2)
 
 
-def _thin_svd_on_host(x: np.ndarray):
-  u, s, vt = np.linalg.svd(np.asarray(x), full_matrices=False)
-  return u.astype(x.dtype), s.astype(x.dtype), vt.astype(x.dtype)
-
-
 def _thin_svd(x: jax.Array):
-  """``jnp.linalg.svd(x, full_matrices=False)``, on CPU through numpy.
+  """``jnp.linalg.svd(x, full_matrices=False)``; on CPU one matrix at a time.
 
-  jaxlib 0.10's CPU LAPACK kernels split a batch over XLA's intra-op thread
-  pool and block that pool thread until the pieces finish; when as many
-  SVDs as the pool has threads run at once (KDSVD's stages, student and
-  teacher, are independent), every thread waits and the step never ends
-  (seen on 2 cores; jaxlib 0.11 compiled that path out). numpy's LAPACK
-  in a host callback uses none of XLA's threads. Other backends keep
-  their own solver (cuSOLVER on GPU).
+  jaxlib 0.10's CPU LAPACK kernels split a batch over XLA's intra-op
+  thread pool and block the calling pool thread until the pieces finish.
+  When as many batched SVDs as the pool has threads start at once (KDSVD's
+  stages, student and teacher, are independent), every thread waits and
+  the step never ends (seen on 2 cores: gdb shows each pool thread in
+  lapack_sgesdd_ffi -> ParallelBatchMap -> BlockingCounter::Wait; jaxlib
+  0.11 compiled that path out). A batch of one is not split, so on CPU the
+  matrices go through ``lax.map`` one by one; other backends take the
+  batch at once (cuSOLVER on GPU).
   """
-  def on_host(x):
-    *batch, m, n = x.shape
-    k = min(m, n)
-    shapes = (jax.ShapeDtypeStruct((*batch, m, k), x.dtype),
-              jax.ShapeDtypeStruct((*batch, k), x.dtype),
-              jax.ShapeDtypeStruct((*batch, k, n), x.dtype))
-    return jax.pure_callback(_thin_svd_on_host, shapes, x,
-                             vmap_method='broadcast_all')
+  def one_at_a_time(x):
+    flat = x.reshape((-1,) + x.shape[-2:])
+    out = jax.lax.map(
+      lambda a: tuple(jnp.linalg.svd(a, full_matrices=False)), flat)
+    return tuple(o.reshape(x.shape[:-2] + o.shape[1:]) for o in out)
 
   return jax.lax.platform_dependent(
-    x, cpu=on_host,
+    x, cpu=one_at_a_time,
     default=lambda x: tuple(jnp.linalg.svd(x, full_matrices=False)))
 
 

@@ -233,14 +233,16 @@ def test_kdsvd_takes_its_svds_in_float32():
   jaxpr = jax.make_jaxpr(jax.grad(lambda g: losses.kdsvd_loss(g, maps)))(
     maps).jaxpr
 
-  def svd_inputs(jaxpr):  # through the nested jit of jnp.linalg.svd
+  def svd_inputs(jaxpr):  # through nested jits, conds and loops
     for eqn in jaxpr.eqns:
       if eqn.primitive.name == 'svd':
         yield eqn.invars[0].aval.dtype
       for param in eqn.params.values():
-        inner = getattr(param, 'jaxpr', param)
-        if hasattr(inner, 'eqns'):
-          yield from svd_inputs(inner)
+        # A cond's branches come as a tuple of jaxprs.
+        for item in (param if isinstance(param, (tuple, list)) else [param]):
+          inner = getattr(item, 'jaxpr', item)
+          if hasattr(inner, 'eqns'):
+            yield from svd_inputs(inner)
 
   dtypes = list(svd_inputs(jaxpr))
   assert len(dtypes) >= 4  # student and teacher, two stages
